@@ -1,0 +1,5 @@
+import sys
+
+from hecktor.cli import main
+
+sys.exit(main())

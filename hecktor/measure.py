@@ -1,0 +1,52 @@
+"""Quantitative PET measurements from the final label image (native CT grid).
+
+SUV statistics sample the PET (already in SUV) on the CT voxels of the lesions' bounding box
+only, with linear interpolation. TLG/NLG = SUVmean x volume (SUV*mL). The node count is the
+number of 26-connected GTVn components.
+"""
+
+from __future__ import annotations
+
+import cc3d
+import numpy as np
+import SimpleITK as sitk
+
+from hecktor.geometry import resample_to_grid, sub_grid
+from hecktor.types import LABEL_GTVN, LABEL_GTVP, Measurements
+
+__all__ = ["measure"]
+
+
+def _pet_on_label_box(labels: np.ndarray, label_image: sitk.Image, pet: sitk.Image) -> tuple[np.ndarray, tuple]:
+    zyx = np.argwhere(labels > 0)
+    lo, hi = zyx.min(axis=0), zyx.max(axis=0) + 1
+    grid = sub_grid(label_image, lo[::-1], hi[::-1])
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    return sitk.GetArrayViewFromImage(resample_to_grid(pet, grid, "linear", 0.0)), box
+
+
+def measure(label_image: sitk.Image, pet_suv: sitk.Image) -> Measurements:
+    """Volumes (mL), SUVmax/SUVmean, TLG, NLG and node count of the label image."""
+    labels = sitk.GetArrayViewFromImage(label_image)
+    if not labels.any():
+        return Measurements(0.0, 0.0, None, None, None, None, 0.0, 0.0, 0)
+    voxel_ml = float(np.prod(label_image.GetSpacing())) / 1000.0
+    pet_box, box = _pet_on_label_box(labels, label_image, pet_suv)
+    stats: dict[int, tuple[float, float | None, float | None]] = {}
+    for label in (LABEL_GTVP, LABEL_GTVN):
+        values = pet_box[labels[box] == label]
+        stats[label] = (values.size * voxel_ml, float(values.max()), float(values.mean())) if values.size else (
+            0.0, None, None)
+    node_count = int(cc3d.connected_components(labels[box] == LABEL_GTVN, connectivity=26).max())
+    (p_vol, p_max, p_mean), (n_vol, n_max, n_mean) = stats[LABEL_GTVP], stats[LABEL_GTVN]
+    return Measurements(
+        gtvp_volume_ml=p_vol,
+        gtvn_volume_ml=n_vol,
+        gtvp_suvmax=p_max,
+        gtvp_suvmean=p_mean,
+        gtvn_suvmax=n_max,
+        gtvn_suvmean=n_mean,
+        tlg=p_vol * (p_mean or 0.0),
+        nlg=n_vol * (n_mean or 0.0),
+        node_count=node_count,
+    )

@@ -1,0 +1,31 @@
+"""Segmentation engines behind one interface, chosen by the model manifest."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from hecktor.manifest import Manifest
+from hecktor.types import Probabilities, Roi
+
+__all__ = ["SegmentationEngine", "build_engine"]
+
+
+class SegmentationEngine(Protocol):
+    """Turns a 1 mm ROI into per-class probabilities on the same grid."""
+
+    name: str
+    trained_on_real_data: bool
+
+    def segment(self, roi: Roi) -> Probabilities: ...
+
+
+def build_engine(manifest: Manifest) -> SegmentationEngine:
+    """Build the engine the manifest selects; weights are loaded (and hash-checked) here, once."""
+    if manifest.engine == "ensemble":
+        from hecktor.segment.ensemble import EnsembleEngine
+
+        assert manifest.ensemble is not None  # load_manifest guarantees it
+        return EnsembleEngine(manifest.ensemble, manifest.weights_dir)
+    from hecktor.segment.pet_threshold import PetThresholdEngine
+
+    return PetThresholdEngine(manifest.pet_threshold, manifest.preprocess)

@@ -1,0 +1,27 @@
+"""Shared fixtures. Phantoms are SYNTHETIC (hecktor.phantom); real data is read from ../shared/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hecktor.phantom import Phantom, PhantomGeometry, make_phantom, write_platform_case
+
+
+@pytest.fixture(scope="session")
+def phantom() -> Phantom:
+    return make_phantom()
+
+
+@pytest.fixture(scope="session")
+def phantom_case_dir(tmp_path_factory: pytest.TempPathFactory, phantom: Phantom) -> Path:
+    folder = tmp_path_factory.mktemp("phantom_case")
+    write_platform_case(phantom, folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def headless_phantom() -> Phantom:
+    """A SYNTHETIC neck-only field of view: the PET shows no brain."""
+    return make_phantom(PhantomGeometry(ct_size=(120, 120, 55), pet_size=(64, 64, 55), z_bottom_mm=20.0))

@@ -1,0 +1,43 @@
+"""Helpers shared by the tests. Phantoms are SYNTHETIC (hecktor.phantom); real data is read from ../shared/data."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+STS_DIR = SHARED_DATA / "sts"
+CLINICAL_DIR = SHARED_DATA / "clinical"
+STS_CASES = ("STS_001", "STS_002", "STS_003")
+
+
+def require_sts() -> Path:
+    if not (STS_DIR / "STS_001_PET_image.nii.gz").is_file():
+        pytest.skip(f"real sarcoma PET/CT cases not found in {STS_DIR} (../shared/data is not mounted)")
+    return STS_DIR
+
+
+def sts_training_layout(tmp_path: Path, case: str) -> Path:
+    """Link a real sarcoma case into the HECKTOR training layout (<ID>__CT.nii.gz, <ID>__PT.nii.gz)."""
+    sts = require_sts()
+    folder = tmp_path / case
+    folder.mkdir()
+    (folder / f"{case}__CT.nii.gz").symlink_to(sts / f"{case}_CT_image.nii.gz")
+    (folder / f"{case}__PT.nii.gz").symlink_to(sts / f"{case}_PET_image.nii.gz")
+    return folder
+
+
+def run_inference(input_dir: Path, output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    """Run the real entry point in a subprocess, as the container does."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "inference.py"), "--input", str(input_dir), "--output", str(output_dir), *extra],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
