@@ -138,3 +138,36 @@ def test_outputs_are_readable_by_other_users(tmp_path, phantom_case_dir):
     assert run_inference(phantom_case_dir, out).returncode == 0
     for path in files_under(out):
         assert path.stat().st_mode & 0o044 == 0o044, f"{path} is not group/other readable"
+
+
+def test_ensemble_engine_end_to_end_with_random_members(tmp_path, phantom_case_dir):
+    """The deep-learning path through the real entry point (random, NOT trained, tiny networks)."""
+    from training.make_random_weights import make_random_weights
+
+    weights = tmp_path / "weights"
+    tiny = {"dims": (4, 8, 8, 8), "depth": (1, 1, 1, 1), "pool_op_kernel_sizes": ((2, 2, 2),) * 3,
+            "conv_kernel_sizes": ((3, 3, 3),) * 4}
+    make_random_weights(weights, members=2, arch_kwargs=tiny, patch_size=(64, 64, 64),
+                        ensemble_options={"overlap": 0.25, "whole_roi_if_fits": False})
+    for name in ("rfs_model.json", "hpv_model.json"):
+        shutil.copy(Path(load_manifest().weights_dir) / name, weights / name)
+    out = tmp_path / "out"
+    result = run_inference(phantom_case_dir, out, "--weights-dir", str(weights))
+    assert result.returncode == 0, result.stderr
+    assert_valid_outputs(out, phantom_case_dir / "images/ct/phantom.mha")
+    assert "segmentation engine: ensemble -- NOT a network trained on HECKTOR" in result.stderr
+    assert result.stderr.count("loaded random_stunet_") == 2
+
+
+def test_weights_with_a_wrong_hash_are_refused_before_anything_is_written(tmp_path, phantom_case_dir):
+    from training.make_random_weights import make_random_weights
+
+    weights = tmp_path / "weights"
+    make_random_weights(weights, members=1, arch_kwargs={"dims": (4, 8, 8, 8, 8, 8)}, patch_size=(64, 64, 64))
+    member = next(weights.glob("*.safetensors"))
+    member.write_bytes(member.read_bytes()[:-1] + b"\x00")
+    out = tmp_path / "out"
+    result = run_inference(phantom_case_dir, out, "--weights-dir", str(weights))
+    assert result.returncode == 3
+    assert member.name in result.stderr and "sha256" in result.stderr
+    assert files_under(out) == []

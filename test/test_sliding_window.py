@@ -1,0 +1,175 @@
+"""Sliding-window inference with analytic predictors whose exact output is known."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from hecktor.segment.sliding_window import (
+    WindowSettings,
+    gaussian_importance_map,
+    mirror_combinations,
+    predict_mirrored,
+    sliding_window_inference,
+    window_slices,
+    window_starts,
+)
+
+
+def pointwise(x: torch.Tensor) -> torch.Tensor:
+    """A voxel-wise "network": (B, 1, ...) -> (B, 3, ...) logits (x, 2x, -x); no border effects."""
+    return torch.cat([x, 2 * x, -x], dim=1)
+
+
+def box_filter(x: torch.Tensor) -> torch.Tensor:
+    """A 3x3x3 mean filter, symmetric, hence equivariant under mirroring: (B, 1, ...) -> (B, 2, ...)."""
+    smooth = F.avg_pool3d(x, 3, stride=1, padding=1)
+    return torch.cat([smooth, -smooth], dim=1)
+
+
+def shift_x(x: torch.Tensor) -> torch.Tensor:
+    """Not mirror-equivariant: looks one voxel to the right along x."""
+    shifted = torch.roll(x, shifts=-1, dims=4)
+    return torch.cat([shifted, -shifted], dim=1)
+
+
+def expected_pointwise(image: torch.Tensor, softmax: bool) -> torch.Tensor:
+    logits = pointwise(image[None])[0]
+    return torch.softmax(logits, dim=0) if softmax else logits
+
+
+@pytest.mark.parametrize(
+    ("shape", "patch", "overlap"),
+    [
+        ((20, 23, 17), (8, 8, 8), 0.5),  # many windows, uneven last steps
+        ((5, 30, 9), (8, 16, 16), 0.5),  # z and x smaller than the patch: padded
+        ((16, 16, 16), (16, 16, 16), 0.25),  # exactly one window
+    ],
+)
+@pytest.mark.parametrize("softmax", [True, False])
+def test_pointwise_predictor_gives_exact_output(
+    shape: tuple[int, int, int], patch: tuple[int, int, int], overlap: float, softmax: bool
+) -> None:
+    image = torch.randn(1, *shape, generator=torch.Generator().manual_seed(1))
+    settings = WindowSettings(patch_size=patch, overlap=overlap, batch_size=3, softmax=softmax)
+    out = sliding_window_inference(image, pointwise, 3, settings)
+    assert out.shape == (3, *shape) and out.dtype == torch.float32
+    torch.testing.assert_close(out, expected_pointwise(image, softmax), rtol=1e-5, atol=1e-6)
+    if softmax:
+        torch.testing.assert_close(out.sum(0), torch.ones(shape), rtol=0, atol=1e-5)
+
+
+def naive_blend(image: np.ndarray, predictor, patch: tuple[int, int, int], overlap: float) -> np.ndarray:
+    """Reference: one full-size map per window, summed; only valid without padding."""
+    gauss = gaussian_importance_map(patch).numpy()
+    num = np.zeros((2, *image.shape[1:]))
+    den = np.zeros(image.shape[1:])
+    for win in window_slices(image.shape[1:], patch, overlap):
+        full = np.zeros_like(num)
+        full[(slice(None), *win)] = predictor(torch.from_numpy(image[(slice(None), *win)])[None])[0].numpy() * gauss
+        num += full
+        den[win] += gauss
+    return num / den
+
+
+def test_window_dependent_predictor_matches_naive_blend() -> None:
+    image = np.random.default_rng(2).normal(size=(1, 14, 19, 12)).astype(np.float32)
+
+    def window_mean(x: torch.Tensor) -> torch.Tensor:  # a constant per window: blending matters
+        mean = x.mean(dim=(1, 2, 3, 4), keepdim=True).expand_as(x)
+        return torch.cat([mean, x], dim=1)
+
+    settings = WindowSettings(patch_size=(8, 8, 8), overlap=0.5, batch_size=4, softmax=False)
+    out = sliding_window_inference(torch.from_numpy(image), window_mean, 2, settings)
+    np.testing.assert_allclose(out.numpy(), naive_blend(image, window_mean, (8, 8, 8), 0.5), rtol=1e-5, atol=1e-6)
+
+
+def test_whole_roi_mode_pads_to_multiple_and_crops_back() -> None:
+    seen: list[tuple[int, ...]] = []
+
+    def recording(x: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(x.shape))
+        return pointwise(x)
+
+    image = torch.randn(1, 33, 20, 40)
+    settings = WindowSettings(patch_size=(16, 16, 16), whole_roi_if_fits=True, size_multiple=32)
+    out = sliding_window_inference(image, recording, 3, settings)
+    assert seen == [(1, 1, 64, 32, 64)]
+    torch.testing.assert_close(out, expected_pointwise(image, True), rtol=1e-5, atol=1e-6)
+
+    seen.clear()
+    small_budget = WindowSettings(
+        patch_size=(16, 16, 16), whole_roi_if_fits=True, whole_roi_max_voxels=64 * 32 * 64 - 1
+    )
+    sliding_window_inference(image, recording, 3, small_budget)
+    assert all(shape[2:] == (16, 16, 16) for shape in seen) and len(seen) > 1
+
+
+@pytest.mark.parametrize("predictor", [pointwise, box_filter])
+def test_mirror_tta_with_equivariant_predictor_equals_no_tta(predictor) -> None:
+    image = torch.randn(1, 12, 10, 14, generator=torch.Generator().manual_seed(3))
+    classes = 3 if predictor is pointwise else 2
+    plain = sliding_window_inference(image, predictor, classes, WindowSettings(patch_size=(8, 8, 8)))
+    mirrored = sliding_window_inference(
+        image, predictor, classes, WindowSettings(patch_size=(8, 8, 8), mirror_axes=(0, 1, 2))
+    )
+    torch.testing.assert_close(mirrored, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_mirror_tta_changes_a_non_equivariant_predictor_as_expected() -> None:
+    batch = torch.randn(1, 1, 6, 6, 6)
+    out = predict_mirrored(shift_x, batch, mirror_axes=(2,))
+    # Mirroring x turns "look right" into "look left"; the average is over both.
+    left = torch.roll(batch, shifts=1, dims=4)
+    expected = (torch.softmax(shift_x(batch), 1) + torch.softmax(torch.cat([left, -left], 1), 1)) / 2
+    torch.testing.assert_close(out, expected)
+    assert not torch.allclose(out, torch.softmax(shift_x(batch), 1))
+
+
+def test_mirror_combinations_is_every_subset() -> None:
+    assert mirror_combinations(()) == [()]
+    assert mirror_combinations((0, 2)) == [(), (0,), (2,), (0, 2)]
+    assert len(mirror_combinations((0, 1, 2))) == 8
+
+
+def test_gaussian_importance_map_properties() -> None:
+    patch = (17, 33, 24)
+    gauss = gaussian_importance_map(patch, sigma_scale=1 / 8, min_weight=1e-4)
+    assert gauss.shape == patch and gauss.dtype == torch.float32
+    assert gauss.max() == pytest.approx(1.0)
+    assert gauss.min() >= 1e-4  # clamped: no zero weights
+    for axis in range(3):
+        torch.testing.assert_close(gauss, gauss.flip(axis))  # symmetric
+    # Along z through the centre (8, 16, 11.5): exp(-d^2 / (2 sigma^2)) with sigma = 17 / 8, up to the
+    # (symmetric, even-length) x profile's peak.
+    profile = gauss[:, 16, 11] / gauss[8, 16, 11]
+    sigma = 17 / 8
+    for d in (1, 2, 3):
+        assert profile[8 + d].item() == pytest.approx(math.exp(-(d**2) / (2 * sigma**2)), rel=1e-5)
+    assert torch.all(profile[9:] <= profile[8:-1])  # decreasing away from the centre
+
+
+def test_window_starts_cover_the_axis() -> None:
+    assert window_starts(16, 16, 0.5) == [0]
+    starts = window_starts(100, 32, 0.5)
+    assert starts[0] == 0 and starts[-1] == 100 - 32
+    assert max(b - a for a, b in itertools.pairwise(starts)) <= 16
+    assert window_starts(64, 32, 0.0) == [0, 32]
+    with pytest.raises(ValueError, match="smaller than the patch"):
+        window_starts(10, 16, 0.5)
+
+
+def test_settings_and_predictor_are_checked() -> None:
+    with pytest.raises(ValueError, match="overlap"):
+        WindowSettings(patch_size=(8, 8, 8), overlap=1.0)
+    with pytest.raises(ValueError, match="mirror_axes"):
+        WindowSettings(patch_size=(8, 8, 8), mirror_axes=(3,))
+    with pytest.raises(ValueError, match="classes"):
+        sliding_window_inference(torch.randn(1, 8, 8, 8), pointwise, 2, WindowSettings(patch_size=(8, 8, 8)))
+    with pytest.raises(ValueError, match="predictor returned shape"):
+        predict_mirrored(lambda x: x[:, :, :4], torch.randn(1, 1, 8, 8, 8))
