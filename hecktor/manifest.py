@@ -21,6 +21,7 @@ __all__ = [
     "PostprocessConfig",
     "PreprocessConfig",
     "load_manifest",
+    "read_model_json",
 ]
 
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "model_weights"
@@ -106,15 +107,24 @@ def _dataclass_from(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**converted)
 
 
+def read_model_json(path: Path, what: str) -> Any:
+    """Parse a JSON file of the model folder; :class:`ManifestError` names the file and the problem."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{path}: {what} not found") from exc
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path}: the {what} is not valid JSON ({exc})") from exc
+
+
 def load_manifest(weights_dir: Path = DEFAULT_WEIGHTS_DIR) -> Manifest:
     """Read ``weights_dir/manifest.json``; raise :class:`ManifestError` naming the problem."""
     path = Path(weights_dir) / "manifest.json"
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ManifestError(f"{path}: model manifest not found") from exc
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path}: not valid JSON ({exc})") from exc
+    raw = read_model_json(path, "model manifest")
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path}: the model manifest must hold a JSON object")
 
     seg = raw.get("segmentation", {})
     engine = seg.get("engine", "pet-threshold")

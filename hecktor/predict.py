@@ -14,7 +14,6 @@ failed segmentation, moves the score a bounded amount instead of producing an ex
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from hecktor.manifest import ManifestError
+from hecktor.manifest import ManifestError, read_model_json
 from hecktor.types import ClinicalRecord, Measurements, Predictions
 
 __all__ = [
@@ -196,12 +195,7 @@ def _linear_model_from_json(data: dict[str, Any], path: Path) -> LinearModel:
 def load_linear_model(path: Path, kind: str) -> tuple[LinearModel, dict[str, Any]]:
     """Read one model JSON, check it is of ``kind``; return the model and the raw JSON (for extras)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise ManifestError(f"{path}: cannot read model file ({exc})") from exc
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path}: model file is not valid JSON ({exc})") from exc
+    data = read_model_json(path, "model file")
     _require(isinstance(data, dict), path, "model file must hold a JSON object")
     _require(data.get("kind") == kind, path, f"expected kind {kind!r}, got {data.get('kind')!r}")
     return _linear_model_from_json(data, path), data
