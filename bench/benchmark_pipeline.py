@@ -4,7 +4,7 @@ The case geometry is the median of the HECKTOR 2022 training images
 (``../shared/data/clinical/hecktor2022_image_geometry.csv`` when present; otherwise the
 median recorded below). Usage::
 
-    python bench/benchmark_pipeline.py [--weights-dir model_weights] [--repeats 2]
+    python -m bench.benchmark_pipeline [--weights-dir model_weights] [--repeats 2]
 
 Prints one row per stage and the total; not a test (no pass/fail thresholds).
 """
@@ -29,25 +29,42 @@ MEDIAN_GEOMETRY = {"ct_size": (512, 512, 135), "ct_spacing": (0.976562, 0.976562
                    "pet_size": (128, 128, 127), "pet_spacing": (4.0, 4.0, 3.27)}
 
 
-def hecktor_median_geometry() -> PhantomGeometry:
-    values = dict(MEDIAN_GEOMETRY)
-    if GEOMETRY_CSV.is_file():
-        import pandas as pd
+def median_geometry_values() -> dict[str, tuple]:
+    """Median CT/PET sizes and spacings (x, y, z) of the HECKTOR 2022 training images."""
+    if not GEOMETRY_CSV.is_file():
+        return dict(MEDIAN_GEOMETRY)
+    import pandas as pd
 
-        median = pd.read_csv(GEOMETRY_CSV).median(numeric_only=True)
-        values = {
-            "ct_size": tuple(int(median[f"CTSize{a}"]) for a in "XYZ"),
-            "ct_spacing": tuple(float(median[f"CTVox{a}"]) for a in "XYZ"),
-            "pet_size": tuple(int(median[f"PTSize{a}"]) for a in "XYZ"),
-            "pet_spacing": tuple(float(median[f"PTVox{a}"]) for a in "XYZ"),
-        }
-    # Put the head at the top of the field of view, as in real scans.
+    median = pd.read_csv(GEOMETRY_CSV).median(numeric_only=True)
+    return {
+        "ct_size": tuple(int(median[f"CTSize{a}"]) for a in "XYZ"),
+        "ct_spacing": tuple(float(median[f"CTVox{a}"]) for a in "XYZ"),
+        "pet_size": tuple(int(median[f"PTSize{a}"]) for a in "XYZ"),
+        "pet_spacing": tuple(float(median[f"PTVox{a}"]) for a in "XYZ"),
+    }
+
+
+def head_on_top(values: dict[str, tuple]) -> PhantomGeometry:
+    """A phantom geometry from sizes and spacings, with the head at the top of the field of view, as in real scans."""
     z_bottom = 345.0 - values["ct_size"][2] * values["ct_spacing"][2]
     return PhantomGeometry(**values, z_bottom_mm=z_bottom)
 
 
+def hecktor_median_geometry() -> PhantomGeometry:
+    return head_on_top(median_geometry_values())
+
+
 def _write_case(geometry: PhantomGeometry, case_dir: Path) -> None:
     write_platform_case(make_phantom(geometry), case_dir)
+
+
+def write_case_in_child(geometry: PhantomGeometry, case_dir: Path) -> None:
+    """Render and write the phantom case in a spawned child, so that the caller's peak RSS stays its own."""
+    writer = multiprocessing.get_context("spawn").Process(target=_write_case, args=(geometry, case_dir))
+    writer.start()
+    writer.join()
+    if writer.exitcode != 0:
+        raise RuntimeError(f"writing the synthetic case failed (exit code {writer.exitcode})")
 
 
 def main() -> None:
@@ -63,9 +80,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         case_dir, out_dir = Path(tmp) / "input", Path(tmp) / "output"
         # In a child process, so that the peak RSS printed below is the pipeline's alone.
-        writer = multiprocessing.get_context("spawn").Process(target=_write_case, args=(geometry, case_dir))
-        writer.start()
-        writer.join()
+        write_case_in_child(geometry, case_dir)
         start = time.perf_counter()
         pipeline = Pipeline(load_manifest(args.weights_dir))
         print(f"model loading: {time.perf_counter() - start:.2f} s, engine {pipeline.engine.name}")
