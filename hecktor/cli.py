@@ -1,4 +1,5 @@
-"""Command line faces over the pipeline: ``run`` (one case), ``score-table``, ``evaluate``, ``make-sample``.
+"""Command line faces over the pipeline: ``run`` (one case), ``score-table``, ``evaluate``, ``make-sample``,
+``export-onnx``.
 
 Exit codes: 0 success, 2 bad input (message names the file and the problem), 3 bad model
 manifest or weights, 1 anything unexpected. Nothing is written to the output folder on failure.
@@ -89,6 +90,14 @@ def _make_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_onnx(args: argparse.Namespace) -> int:
+    from hecktor.segment.onnx_export import export_manifest_to_onnx
+
+    manifest = export_manifest_to_onnx(args.weights_dir, args.out)
+    log.info("wrote %s (backend onnxruntime); use it with --weights-dir %s", manifest, args.out)
+    return 0
+
+
 def _guarded(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     try:
         return command(args)
@@ -125,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("folder", type=Path)
     sample.add_argument("-v", "--verbose", action="store_true")
     sample.set_defaults(func=_make_sample)
+
+    export = sub.add_parser("export-onnx", help="export every ensemble member to ONNX (onnxruntime backend)")
+    export.add_argument("--weights-dir", type=Path, default=DEFAULT_WEIGHTS_DIR,
+                        help="folder holding manifest.json and the torch (safetensors) members")
+    export.add_argument("--out", type=Path, required=True,
+                        help="new folder for the .onnx members, the model files and the switched manifest.json")
+    export.add_argument("-v", "--verbose", action="store_true")
+    export.set_defaults(func=_export_onnx)
     return parser
 
 

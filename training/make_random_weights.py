@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import torch
 from safetensors.torch import save as save_safetensors
 
 from hecktor.segment.networks import build_network, count_parameters
+from hecktor.segment.onnx_export import export_member_to_onnx, member_in_channels
 
 __all__ = ["DEFAULT_CT_NORMALISATION", "RANDOM_MODEL_CARD", "make_random_weights"]
 
@@ -31,35 +30,11 @@ RANDOM_MODEL_CARD = "randomly initialised, not trained"
 DEFAULT_CT_NORMALISATION = {"mean": 37.31, "std": 45.56, "lower": -135.32, "upper": 161.06}
 
 
-def _onnx_bytes(network: torch.nn.Module, in_channels: int, patch_size: tuple[int, int, int]) -> bytes:
-    """The network exported to ONNX (opset 17) with dynamic batch and spatial axes."""
-    buffer = io.BytesIO()
-    axes = {0: "batch", 2: "z", 3: "y", 4: "x"}
-    # The TorchScript exporter (dynamo=False) needs no onnxscript; its deprecation and tracer notes are expected.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        # InstanceNorm without running stats normalises per instance whatever the train flag says.
-        warnings.filterwarnings("ignore", message=".*'instance_norm' is set to train=True", category=UserWarning)
-        torch.onnx.export(
-            network.eval(),
-            (torch.zeros(1, in_channels, *patch_size),),
-            buffer,
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": axes, "logits": axes},
-            opset_version=17,
-            dynamo=False,
-        )
-    return buffer.getvalue()
-
-
 def _member_file(
     network: torch.nn.Module, arch_kwargs: dict[str, Any], patch: tuple[int, int, int], onnx: bool
 ) -> bytes:
     if onnx:
-        in_channels = int(arch_kwargs.get("input_channels", arch_kwargs.get("in_channels", 2)))
-        return _onnx_bytes(network, in_channels, patch)
+        return export_member_to_onnx(network, member_in_channels(arch_kwargs), patch)
     state = {k: v.detach().contiguous() for k, v in network.state_dict().items()}
     return save_safetensors(state, metadata={"model_card": RANDOM_MODEL_CARD})
 

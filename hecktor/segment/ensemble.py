@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +25,7 @@ from hecktor.segment.sliding_window import Predictor, WindowSettings, sliding_wi
 from hecktor.segment.weights import OnnxPredictor, load_onnx, load_safetensors
 from hecktor.types import Probabilities, Roi
 
-__all__ = ["EnsembleEngine", "available_cpus", "normalise_ct", "normalise_pet"]
+__all__ = ["EnsembleEngine", "available_cpus", "build_torch_network", "normalise_ct", "normalise_pet"]
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def _check_patch(member: MemberConfig, divisor: tuple[int, int, int]) -> None:
         )
 
 
-def _build_torch_network(member: MemberConfig, weights_dir: Path) -> nn.Module:
+def build_torch_network(member: MemberConfig, weights_dir: Path) -> nn.Module:
     """The member's network with its hash-checked weights, in eval mode, gradients off."""
     try:
         network = build_network(member.architecture, dict(member.arch_kwargs))
@@ -188,7 +189,7 @@ class EnsembleEngine:
         normalise_ct(np.zeros((1, 1, 1), np.float32), member.ct_normalisation)  # validates the keys now
         if self._config.backend == "onnxruntime":
             return self._load_onnx_member(member, weights_dir)
-        network = _build_torch_network(member, weights_dir).to(self._device)
+        network = build_torch_network(member, weights_dir).to(self._device)
         divisor = input_divisor(network)
         _check_patch(member, divisor)
         log.info(
@@ -234,11 +235,14 @@ class EnsembleEngine:
         _check_roi(roi)
         pet = normalise_pet(roi.pet_suv)
         total: torch.Tensor | None = None
-        for member in self._members:
+        for index, member in enumerate(self._members, start=1):
+            start = time.perf_counter()
             ct = normalise_ct(roi.ct_hu, member.config.ct_normalisation)
             image = torch.from_numpy(np.stack([ct, pet]))
             probs = self._predict(member, image).to("cpu", torch.float32)
             total = probs.clone() if total is None else total.add_(probs)
+            log.info("member %d/%d (%s) done in %.1f s", index, len(self._members), member.config.name,
+                     time.perf_counter() - start)
         assert total is not None  # at least one member, checked in __init__
         total.div_(len(self._members))
         return Probabilities(grid=roi.grid, values=np.ascontiguousarray(total.numpy()), engine=self.name)
