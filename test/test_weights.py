@@ -87,3 +87,11 @@ def test_onnx_member_is_hash_checked_and_matches_torch(tmp_path: Path) -> None:
     assert got.shape == (2, 3, 16, 24, 32)
     # float32 kernels differ between the runtimes; 1e-4 of the output's spread is far below any decision.
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-4 * float(expected.abs().max()))
+
+
+def test_onnx_sessions_do_not_keep_a_memory_arena(tmp_path: Path) -> None:
+    """Ten members each holding their peak arena (~0.8 GB at 128^3) were OOM-killed at 24 GB on CPU."""
+    make_random_weights(tmp_path, members=1, arch_kwargs=THREE_LEVEL_STUNET, patch_size=(16, 16, 16), onnx=True)
+    onnx_path = next(tmp_path.glob("*.onnx"))
+    predictor = load_onnx(onnx_path, sha256_of(onnx_path), num_threads=1)
+    assert predictor._session.get_session_options().enable_cpu_mem_arena is False
