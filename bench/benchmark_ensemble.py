@@ -32,7 +32,6 @@ import math
 import multiprocessing
 import os
 import platform
-import resource
 import shutil
 import tempfile
 import time
@@ -45,6 +44,7 @@ from typing import Any
 from bench.benchmark_pipeline import head_on_top, median_geometry_values, write_case_in_child
 from hecktor.manifest import DEFAULT_WEIGHTS_DIR
 from hecktor.phantom import PhantomGeometry
+from hecktor.pipeline import peak_rss_mb
 
 STAGES = ("read", "preprocess", "segment", "restore", "measure", "predict", "write")
 TARGET_MEMBERS = 10
@@ -122,11 +122,6 @@ class Row:
 # Measuring inside a child
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux: ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def _busy_cpu_s() -> float:
     """CPU seconds all processes on the machine have used since boot (from /proc/stat), or NaN."""
     try:
@@ -195,18 +190,10 @@ def _cuda_max_mb(device: str) -> float | None:
 
 
 def _build_pipeline(weights_dir: Path, device: str) -> Any:
-    import torch
-
     from hecktor.manifest import load_manifest
     from hecktor.pipeline import Pipeline
-    from hecktor.segment.ensemble import EnsembleEngine
 
-    manifest = load_manifest(weights_dir)
-    pipeline = Pipeline(manifest)
-    if device == "cpu" and torch.cuda.is_available():  # the engine picks CUDA by itself when it can
-        assert manifest.ensemble is not None
-        pipeline.engine = EnsembleEngine(manifest.ensemble, manifest.weights_dir, device="cpu")
-    return pipeline
+    return Pipeline(load_manifest(weights_dir), device)
 
 
 def run_ours(job: Job) -> dict[str, Any]:

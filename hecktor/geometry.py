@@ -15,6 +15,7 @@ __all__ = [
     "INTERPOLATORS",
     "continuous_index_of",
     "direction_matrix",
+    "image_on_grid",
     "make_grid",
     "physical_coordinate_field",
     "physical_corners",
@@ -80,6 +81,13 @@ def sub_grid(grid: sitk.Image, start_xyz: np.ndarray, stop_xyz: np.ndarray) -> s
     out.SetDirection(grid.GetDirection())
     out.SetOrigin(grid.TransformIndexToPhysicalPoint([int(i) for i in start]))
     return out
+
+
+def image_on_grid(values: np.ndarray, grid: sitk.Image) -> sitk.Image:
+    """A (z, y, x) array as an image with ``grid``'s origin, spacing and direction."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(values))
+    image.CopyInformation(grid)
+    return image
 
 
 def resample_to_grid(image: sitk.Image, grid: sitk.Image, interpolator: str, default_value: float) -> sitk.Image:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from hecktor.geometry import image_on_grid
 from hecktor.types import LABEL_GTVN, LABEL_GTVP
 
 __all__ = ["SAMPLE_EHR", "Phantom", "PhantomGeometry", "make_phantom", "write_platform_case"]
@@ -124,9 +125,7 @@ def _render(image: sitk.Image, values: dict[str, float], background: float, slab
 
 
 def _with_values(grid: sitk.Image, array: np.ndarray, pixel_type: int) -> sitk.Image:
-    image = sitk.GetImageFromArray(array)
-    image.CopyInformation(grid)
-    return sitk.Cast(image, pixel_type)
+    return sitk.Cast(image_on_grid(array, grid), pixel_type)
 
 
 def make_phantom(geometry: PhantomGeometry = PhantomGeometry()) -> Phantom:

@@ -72,9 +72,9 @@ class _StageClock:
 class Pipeline:
     """Loads the segmentation engine and clinical models once; :meth:`run` processes one case."""
 
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, device: str | None = None) -> None:
         self.manifest = manifest
-        self.engine: SegmentationEngine = build_engine(manifest)
+        self.engine: SegmentationEngine = build_engine(manifest, device)
         self.clinical_models: ClinicalModels = load_clinical_models(manifest.rfs_model, manifest.hpv_model)
         log.info("%s", self.clinical_models.provenance)
         if self.engine.trained_on_real_data:

@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from hecktor.geometry import continuous_index_of, physical_corners, resample_to_grid, sub_grid
+from hecktor.geometry import continuous_index_of, image_on_grid, physical_corners, resample_to_grid, sub_grid
 from hecktor.manifest import PostprocessConfig
 from hecktor.types import LABEL_BACKGROUND, LABEL_GTVN, LABEL_GTVP, Probabilities
 
@@ -55,12 +55,6 @@ def postprocess_labels(labels: np.ndarray, config: PostprocessConfig) -> np.ndar
     return out
 
 
-def _as_image(values: np.ndarray, grid: sitk.Image) -> sitk.Image:
-    image = sitk.GetImageFromArray(np.ascontiguousarray(values))
-    image.CopyInformation(grid)
-    return image
-
-
 def lesion_candidate_box(background: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(start, stop) ROI indices (x, y, z) outside which no CT voxel can be labelled a lesion.
 
@@ -82,7 +76,7 @@ def restore_to_ct_grid(probabilities: Probabilities, ct: sitk.Image, config: Pos
     full = np.zeros(ct.GetSize()[::-1], dtype=np.uint8)
     candidates = lesion_candidate_box(probabilities.values[LABEL_BACKGROUND])
     if candidates is None:
-        return _with_ct_geometry(full, ct)
+        return image_on_grid(full, ct)
     (x0, y0, z0), (x1, y1, z1) = candidates
     source = sub_grid(probabilities.grid, candidates[0], candidates[1])
     box = ct_box_covering(ct, source)
@@ -92,17 +86,11 @@ def restore_to_ct_grid(probabilities: Probabilities, ct: sitk.Image, config: Pos
         background_outside = {LABEL_BACKGROUND: 1.0, LABEL_GTVP: 0.0, LABEL_GTVN: 0.0}
         resampled = np.stack([
             sitk.GetArrayFromImage(
-                resample_to_grid(_as_image(probabilities.values[c, z0:z1, y0:y1, x0:x1], source), target, "linear",
+                resample_to_grid(image_on_grid(probabilities.values[c, z0:z1, y0:y1, x0:x1], source), target, "linear",
                                  background_outside[c])
             )
             for c in range(3)
         ])
         labels = postprocess_labels(compose_labels(resampled), config)
         full[start[2]:stop[2], start[1]:stop[1], start[0]:stop[0]] = labels
-    return _with_ct_geometry(full, ct)
-
-
-def _with_ct_geometry(labels: np.ndarray, ct: sitk.Image) -> sitk.Image:
-    image = sitk.GetImageFromArray(labels)
-    image.CopyInformation(ct)
-    return image
+    return image_on_grid(full, ct)

@@ -70,8 +70,7 @@ def test_empty_probabilities_give_an_all_background_image():
 
 def test_restoring_only_the_lesion_box_equals_restoring_the_whole_roi():
     """The candidate-box shortcut must not change a single voxel (soft, overlapping probabilities)."""
-    from hecktor.geometry import resample_to_grid
-    from hecktor.restore import _as_image
+    from hecktor.geometry import image_on_grid, resample_to_grid
 
     ct = _oblique_ct()
     grid = make_grid(np.asarray(ct.TransformContinuousIndexToPhysicalPoint([30, 25, 20])), (40, 40, 60), 1.0,
@@ -84,7 +83,7 @@ def test_restoring_only_the_lesion_box_equals_restoring_the_whole_roi():
     config = PostprocessConfig(min_component_voxels=1)
     fast = sitk.GetArrayFromImage(restore_to_ct_grid(Probabilities(grid, values, "test"), ct, config))
     whole = np.stack([
-        sitk.GetArrayFromImage(resample_to_grid(_as_image(values[c], grid), ct, "linear", 1.0 if c == 0 else 0.0))
+        sitk.GetArrayFromImage(resample_to_grid(image_on_grid(values[c], grid), ct, "linear", 1.0 if c == 0 else 0.0))
         for c in range(3)
     ])
     reference = postprocess_labels(compose_labels(whole), config)

@@ -19,13 +19,16 @@ class SegmentationEngine(Protocol):
     def segment(self, roi: Roi) -> Probabilities: ...
 
 
-def build_engine(manifest: Manifest) -> SegmentationEngine:
-    """Build the engine the manifest selects; weights are loaded (and hash-checked) here, once."""
+def build_engine(manifest: Manifest, device: str | None = None) -> SegmentationEngine:
+    """Build the engine the manifest selects; weights are loaded (and hash-checked) here, once.
+
+    ``device`` ("cpu", "cuda") pins where networks run; default: CUDA when available, else CPU.
+    """
     if manifest.engine == "ensemble":
         from hecktor.segment.ensemble import EnsembleEngine
 
         assert manifest.ensemble is not None  # load_manifest guarantees it
-        return EnsembleEngine(manifest.ensemble, manifest.weights_dir)
+        return EnsembleEngine(manifest.ensemble, manifest.weights_dir, device=device)
     from hecktor.segment.pet_threshold import PetThresholdEngine
 
     return PetThresholdEngine(manifest.pet_threshold, manifest.preprocess)
