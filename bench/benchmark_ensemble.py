@@ -197,8 +197,9 @@ def _build_pipeline(weights_dir: Path, device: str) -> Any:
 
 
 def run_ours(job: Job) -> dict[str, Any]:
-    """The product: ``Pipeline.run`` then ``write_outputs``, cold, one case in a fresh process."""
-    from hecktor.pipeline import write_outputs
+    """The product: ``Pipeline.run`` then publishing the outputs, cold, one case in a fresh process."""
+    from hecktor.cli import publish_case_result
+    from hecktor.pipeline import ALL_TASKS
 
     _child_setup(job.device)
     meter = CpuMeter()
@@ -207,9 +208,10 @@ def run_ours(job: Job) -> dict[str, Any]:
     load_s = time.perf_counter() - start
     result = pipeline.run(job.case_dir)
     start = time.perf_counter()
-    write_outputs(result, job.out_dir)
+    publish_case_result(result, job.out_dir, ALL_TASKS)
     stages = {t.stage: t.seconds for t in result.timings} | {"write": time.perf_counter() - start}
-    notes = {"roi_located_by": result.roi_located_by, "gtvp_ml": result.measurements.as_dict().get("gtvp_volume_ml")}
+    gtvp_ml = None if result.measurements is None else result.measurements.gtvp_volume_ml
+    notes = {"roi_located_by": result.roi_located_by, "gtvp_ml": gtvp_ml}
     return asdict(Row(job.config, stages, load_s, peak_rss_mb(), True, _cuda_max_mb(job.device), meter.other_cores(),
                       notes))
 
@@ -322,9 +324,10 @@ def template_restore(probs: Any, grid: Any, ct: Any) -> Any:
 
 def run_template(job: Job) -> dict[str, Any]:
     """The template approach on the same torch networks, each stage timed like ours."""
+    from hecktor.cli import publish_case_result
     from hecktor.manifest import load_manifest
     from hecktor.measure import measure
-    from hecktor.pipeline import CaseResult, write_outputs
+    from hecktor.pipeline import ALL_TASKS, CaseResult
     from hecktor.predict import load_clinical_models, predict
     from hecktor.read import read_case
 
@@ -349,7 +352,8 @@ def run_template(job: Job) -> dict[str, Any]:
     with clock.stage("predict"):
         predictions = predict(models, case.clinical, measurements)
     with clock.stage("write"):
-        write_outputs(CaseResult(case.case_id, labels, measurements, predictions, "template", "template"), job.out_dir)
+        publish_case_result(CaseResult(case.case_id, labels, measurements, predictions, "template", "template"),
+                            job.out_dir, ALL_TASKS)
     notes = {"roi_shape_zyx": list(image.shape[1:]), "gtvp_ml": measurements.as_dict().get("gtvp_volume_ml")}
     return asdict(Row(job.config, clock.seconds, load_s, peak_rss_mb(), True, _cuda_max_mb(job.device),
                       meter.other_cores(), notes))
@@ -447,7 +451,7 @@ def _subset(pool: Path, target: Path, members: int, network: NetworkSpec) -> Non
     entries = manifest["segmentation"]["ensemble"]["members"][:members]
     manifest["segmentation"]["ensemble"]["members"] = entries
     if network.roi_mm is not None:
-        manifest["preprocess"] = {"roi_size_mm": list(network.roi_mm)}
+        manifest["preprocess"] = {**manifest["preprocess"], "roi_size_mm": list(network.roi_mm)}
     target.mkdir(parents=True, exist_ok=True)
     for entry in entries:
         try:
@@ -741,15 +745,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def whole_roi(args: argparse.Namespace) -> bool:
     """Whether our engine runs the ROI in one pass: ``--whole-roi``/``--no-whole-roi``, else the manifest default."""
-    from hecktor.manifest import EnsembleConfig
+    from training.make_random_weights import RANDOM_ENSEMBLE_OPTIONS
 
-    return bool(args.whole_roi if args.whole_roi is not None else EnsembleConfig(members=()).whole_roi_if_fits)
+    return bool(args.whole_roi if args.whole_roi is not None else RANDOM_ENSEMBLE_OPTIONS["whole_roi_if_fits"])
 
 
 def _roi_zyx(network: NetworkSpec) -> tuple[int, int, int]:
-    from hecktor.manifest import PreprocessConfig
+    from hecktor.manifest import load_manifest
 
-    x, y, z = network.roi_mm or PreprocessConfig().roi_size_mm
+    x, y, z = network.roi_mm or load_manifest().preprocess.roi_size_mm
     return (round(z), round(y), round(x))
 
 

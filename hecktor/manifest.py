@@ -1,18 +1,46 @@
 """The model manifest (``model_weights/manifest.json``): the one place configuration lives.
 
-It is read once by :func:`load_manifest` and handed down as frozen data. Nothing else in the
-package reads files for configuration or looks at environment variables.
+One schema describes the whole file; :func:`load_manifest` validates all of it when the manifest is
+read and hands it down as frozen data, and :func:`write_manifest` writes only what that schema reads
+back identically. The schema is strict: every key is known, every type exact (no ``"0.4"`` for a
+number, no ``true`` for a number, no number for a string), every tunable parameter stated in the
+file. The parameter classes have no defaults on purpose: the file is the single source of truth, and
+code defaults that drift from it are how a test ends up checking parameters the product never runs.
+Nothing else in the package reads files for configuration or looks at environment variables.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from types import MappingProxyType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass as schema_dataclass
+from pydantic_core import ErrorDetails, to_jsonable_python
+
+from hecktor.write import atomic_write
 
 __all__ = [
+    "CHALLENGE_LABELS",
+    "CT_NORMALISATION_KEYS",
     "DEFAULT_WEIGHTS_DIR",
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "WEIGHTS_SUFFIX",
     "EnsembleConfig",
     "Manifest",
     "ManifestError",
@@ -21,76 +49,215 @@ __all__ = [
     "PostprocessConfig",
     "PreprocessConfig",
     "load_manifest",
+    "manifest_from_json",
+    "manifest_json",
     "read_model_json",
+    "write_manifest",
 ]
 
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "model_weights"
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1  # raise it when a change to the schema makes older files mean something else
+# The challenge's label contract: every member must predict exactly these classes, in this order.
+CHALLENGE_LABELS: Mapping[str, str] = MappingProxyType({"0": "background", "1": "GTVp", "2": "GTVn"})
+WEIGHTS_SUFFIX: Mapping[str, str] = MappingProxyType({"torch": ".safetensors", "onnxruntime": ".onnx"})
+CT_NORMALISATION_KEYS = frozenset({"mean", "std", "lower", "upper"})
+_MAX_SHOWN_ERRORS = 20
+_MAX_SHOWN_VALUE = 80
 
 
 class ManifestError(ValueError):
     """The manifest (or a file it names) is missing, malformed or fails its hash check."""
 
 
-@dataclass(frozen=True)
+# strict: JSON's own types only (ints are accepted for floats, nothing else converts); extra="forbid":
+# a misspelt key is an error, not a silently ignored one; allow_inf_nan=False: Python's json reads NaN.
+_SCHEMA = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+
+
+def _relative_file(name: str) -> str:
+    """``name`` must stay inside the weights folder: a relative path without ``..``."""
+    if not name or PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute():
+        raise ValueError(f"must be a file name relative to the weights folder, got {name!r}")
+    if ".." in PurePosixPath(name).parts or ".." in PureWindowsPath(name).parts:
+        raise ValueError(f"must not leave the weights folder ('..'), got {name!r}")
+    return name
+
+
+RelativeFile = Annotated[str, AfterValidator(_relative_file)]
+
+
+def _json_value(value: dict[str, Any]) -> dict[str, Any]:
+    """``value`` as JSON reads it back (tuples become lists), so that what is written loads back equal."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"must hold JSON values only ({exc})") from exc
+
+
+def _check_format_version(version: object) -> None:
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise ValueError(f"this product reads manifest format_version {FORMAT_VERSION}, not {_shorten(version)}")
+
+
+@schema_dataclass(frozen=True, config=_SCHEMA)
 class PreprocessConfig:
-    roi_size_mm: tuple[float, float, float] = (200.0, 200.0, 310.0)  # x, y, z
-    spacing_mm: float = 1.0
+    roi_size_mm: tuple[PositiveFloat, PositiveFloat, PositiveFloat]  # x, y, z
+    spacing_mm: PositiveFloat
     # The box's top lies this far above the brain centroid (superior is +z); it extends
     # roi_size_mm[2] downwards from there, over the whole neck.
-    roi_above_brain_mm: float = 60.0
-    brain_search_fraction: float = 0.25  # cranial fraction of the PET searched for the brain
-    brain_zscore: float = 1.0
-    interpolator: str = "linear"  # "linear" or "bspline" for the CT/PET resampling
+    roi_above_brain_mm: float
+    brain_search_fraction: Annotated[float, Field(gt=0, le=1)]  # cranial fraction of the PET searched for the brain
+    brain_zscore: float
+    interpolator: Literal["linear", "bspline"]  # for the CT/PET resampling
 
 
-@dataclass(frozen=True)
+@schema_dataclass(frozen=True, config=_SCHEMA)
 class PetThresholdConfig:
-    suv_floor: float = 2.5
-    relative_threshold: float = 0.40  # of each hot spot's SUVmax
-    min_peak_suv: float = 4.0
-    min_volume_ml: float = 0.5
-    max_volume_ml: float = 250.0
-    brain_margin_mm: float = 30.0  # lesions must lie this far below the brain's lower edge
-    midline_band_mm: float = 20.0  # primary tumour: hot spot whose centre is this close to midline
+    suv_floor: PositiveFloat
+    relative_threshold: Annotated[float, Field(gt=0, le=1)]  # of each hot spot's SUVmax
+    min_peak_suv: NonNegativeFloat
+    min_volume_ml: NonNegativeFloat
+    max_volume_ml: PositiveFloat
+    brain_margin_mm: NonNegativeFloat  # lesions must lie this far below the brain's lower edge
+    midline_band_mm: NonNegativeFloat  # primary tumour: hot spot whose centre is this close to midline
+
+    @model_validator(mode="after")
+    def _volume_range_is_not_empty(self) -> PetThresholdConfig:
+        if self.min_volume_ml > self.max_volume_ml:
+            raise ValueError(f"min_volume_ml {self.min_volume_ml} exceeds max_volume_ml {self.max_volume_ml}")
+        return self
 
 
-@dataclass(frozen=True)
+@schema_dataclass(frozen=True, config=_SCHEMA)
+class PostprocessConfig:
+    fill_holes: bool
+    min_component_voxels: Annotated[int, Field(ge=0)]
+
+
+@schema_dataclass(frozen=True, config=_SCHEMA)
 class MemberConfig:
     """One network of the ensemble."""
 
-    name: str
-    architecture: str  # "STUNet" or "SegResNet"
-    arch_kwargs: dict[str, Any]
-    patch_size: tuple[int, int, int]  # z, y, x voxels at 1 mm
-    weights: str  # file name relative to the weights directory (.safetensors or .onnx)
-    sha256: str
-    ct_normalisation: dict[str, float]  # mean, std, lower (0.5 pct), upper (99.5 pct)
-    labels: dict[str, str] = field(default_factory=lambda: {"0": "background", "1": "GTVp", "2": "GTVn"})
-    model_card: dict[str, Any] = field(default_factory=dict)
+    name: NonEmptyStr
+    architecture: Literal["STUNet", "SegResNet"]
+    arch_kwargs: dict[str, Any]  # checked against the architecture when the network is built
+    patch_size: tuple[PositiveInt, PositiveInt, PositiveInt]  # z, y, x voxels at 1 mm
+    weights: RelativeFile  # .safetensors (torch backend) or .onnx (onnxruntime backend)
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    ct_normalisation: dict[str, float]  # mean, std, lower (0.5 pct), upper (99.5 pct) in HU
+    labels: dict[str, str]  # must be CHALLENGE_LABELS
+    model_card: dict[str, Any]  # what the network is and what it was trained on; free form
+
+    @field_validator("arch_kwargs", "model_card")
+    @classmethod
+    def _plain_json(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _json_value(value)
+
+    @field_validator("ct_normalisation")
+    @classmethod
+    def _complete_normalisation(cls, value: dict[str, float]) -> dict[str, float]:
+        if set(value) != CT_NORMALISATION_KEYS:
+            raise ValueError(f"needs exactly the keys {sorted(CT_NORMALISATION_KEYS)}, got {sorted(value)}")
+        if not (value["std"] > 0 and value["lower"] < value["upper"]):
+            raise ValueError(f"needs std > 0 and lower < upper, got {value}")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _challenge_labels(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if value != CHALLENGE_LABELS:
+            member = info.data.get("name", "?")
+            raise ValueError(f"member {member!r}: labels must be exactly {dict(CHALLENGE_LABELS)}, got {value}")
+        return value
 
 
-@dataclass(frozen=True)
+@schema_dataclass(frozen=True, config=_SCHEMA)
 class EnsembleConfig:
-    members: tuple[MemberConfig, ...]
-    backend: str = "torch"  # "torch" or "onnxruntime"
-    overlap: float = 0.5
-    mirror_axes: tuple[int, ...] = ()
-    batch_size: int = 2
+    members: tuple[MemberConfig, ...]  # at least one
+    backend: Literal["torch", "onnxruntime"]
+    overlap: Annotated[float, Field(ge=0, lt=1)]  # of the sliding windows
+    mirror_axes: tuple[Annotated[int, Field(ge=0, le=2)], ...]  # 0=z, 1=y, 2=x; test-time mirroring
+    batch_size: PositiveInt
     # One pass over the whole ROI instead of windows: fewer FLOPs, but InstanceNorm then sees the whole
     # ROI instead of a training-sized patch, which changes the output (55 % label agreement measured
-    # with random weights). Off until validated on trained weights.
-    whole_roi_if_fits: bool = False
-    trained_on_real_data: bool = False
+    # with random weights). Keep false until validated on trained weights.
+    whole_roi_if_fits: bool
+    trained_on_real_data: bool
+
+    # A field validator, not Field(min_length=1): pydantic would also report a list whose only member
+    # is invalid as empty.
+    @field_validator("members")
+    @classmethod
+    def _not_empty(cls, members: tuple[MemberConfig, ...]) -> tuple[MemberConfig, ...]:
+        if not members:
+            raise ValueError("must list at least one member")
+        return members
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EnsembleConfig:
+        if len(set(self.mirror_axes)) != len(self.mirror_axes):
+            raise ValueError(f"mirror_axes must be distinct, got {list(self.mirror_axes)}")
+        names = [m.name for m in self.members]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"member names must be unique, repeated: {duplicates}")
+        suffix = WEIGHTS_SUFFIX[self.backend]
+        for member in self.members:
+            if not member.weights.endswith(suffix):
+                raise ValueError(
+                    f"member {member.name!r}: backend {self.backend!r} needs a {suffix} file, got {member.weights!r}"
+                )
+        return self
 
 
-@dataclass(frozen=True)
-class PostprocessConfig:
-    fill_holes: bool = True
-    min_component_voxels: int = 50
+@schema_dataclass(frozen=True, config=_SCHEMA)
+class _SegmentationSection:
+    engine: Literal["pet-threshold", "ensemble"]
+    pet_threshold: PetThresholdConfig
+    postprocess: PostprocessConfig
+    ensemble: EnsembleConfig | None = None  # required when engine is "ensemble"
+
+    @model_validator(mode="after")
+    def _engine_has_its_section(self) -> _SegmentationSection:
+        if self.engine == "ensemble" and self.ensemble is None:
+            raise ValueError("engine 'ensemble' needs a segmentation.ensemble section listing its members")
+        return self
+
+
+@schema_dataclass(frozen=True, config=_SCHEMA, kw_only=True)
+class _ManifestDocument:
+    """The file as written: key for key what ``manifest.json`` holds."""
+
+    format_version: int
+    description: str | None = None  # free text for people; the product ignores it
+    segmentation: _SegmentationSection
+    preprocess: PreprocessConfig
+    rfs_model: RelativeFile
+    hpv_model: RelativeFile
+
+    @field_validator("format_version")
+    @classmethod
+    def _current_version(cls, value: int) -> int:
+        _check_format_version(value)
+        return value
+
+
+_DOCUMENT = TypeAdapter(_ManifestDocument)
 
 
 @dataclass(frozen=True)
 class Manifest:
+    """The manifest of one weights folder, as :func:`load_manifest` returns it (validated) and
+    :func:`write_manifest` takes it (validated again before anything is written). ``weights_dir`` and
+    the model file paths are absolute; the model files lie inside ``weights_dir``.
+    """
+
     weights_dir: Path
     engine: str  # "pet-threshold" or "ensemble"
     preprocess: PreprocessConfig
@@ -99,58 +266,214 @@ class Manifest:
     postprocess: PostprocessConfig
     rfs_model: Path
     hpv_model: Path
+    description: str | None = None
 
 
-def _dataclass_from(cls: type, data: dict[str, Any], where: str) -> Any:
-    known = set(cls.__dataclass_fields__)
-    unknown = set(data) - known
-    if unknown:
-        raise ManifestError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(known)})")
-    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    return cls(**converted)
+# --- error messages -----------------------------------------------------------------------------------------
 
 
-def read_model_json(path: Path, what: str) -> Any:
-    """Parse a JSON file of the model folder; :class:`ManifestError` names the file and the problem."""
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    """``("segmentation", "ensemble", "members", 0, "name")`` -> ``segmentation.ensemble.members[0].name``."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(top level)"
+
+
+def _schema_class(annotation: Any) -> Any:
+    """The schema class behind ``X | None`` (or the annotation itself)."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return next(a for a in get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the schema allows in the object at ``loc`` (empty if ``loc`` is no object of the schema)."""
+    kind: Any = _ManifestDocument
+    for part in loc:
+        kind = _schema_class(kind)
+        if isinstance(part, int):
+            kind = get_args(kind)[0] if get_origin(kind) is tuple else None
+        else:
+            fields = getattr(kind, "__pydantic_fields__", {})
+            if part not in fields:
+                return []
+            kind = fields[part].annotation
+    return sorted(getattr(_schema_class(kind), "__pydantic_fields__", {}))
+
+
+def _shorten(value: Any) -> str:
+    text = json.dumps(value, default=repr)
+    return text if len(text) <= _MAX_SHOWN_VALUE else text[: _MAX_SHOWN_VALUE - 3] + "..."
+
+
+def _problem(error: ErrorDetails) -> str:
+    """One schema error as ``key.path: problem, got VALUE``."""
+    loc, kind = tuple(error["loc"]), error["type"]
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        allowed = _allowed_keys(loc[:-1])
+        return f"{_key_path(loc)}: unknown key" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+    if kind == "missing" and loc and isinstance(loc[-1], int):
+        return f"{_key_path(loc[:-1])}: too few items (item {loc[-1]} is missing), got {_shorten(error['input'])}"
+    if kind == "missing":
+        return f"{_key_path(loc)}: required key is missing"
+    if kind == "value_error":  # our validators' messages already name the offending value
+        return f"{_key_path(loc)}: {error['msg'].removeprefix('Value error, ')}"
+    if kind == "json_invalid":  # only pydantic's nesting limit, deeper than any manifest needs
+        return f"{_key_path(loc)}: {error['msg']}"
+    return f"{_key_path(loc)}: {error['msg']}, got {_shorten(error['input'])}"
+
+
+def _schema_error(source: str, error: ValidationError) -> ManifestError:
+    problems = [_problem(e) for e in error.errors(include_url=False)]
+    shown = problems[:_MAX_SHOWN_ERRORS]
+    if len(problems) > len(shown):
+        shown.append(f"... and {len(problems) - len(shown)} more")
+    return ManifestError(f"{source}: invalid model manifest:\n  " + "\n  ".join(shown))
+
+
+# --- reading ------------------------------------------------------------------------------------------------
+
+
+def _read_text(path: Path, what: str) -> str:
     try:
-        return json.loads(Path(path).read_text())
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ManifestError(f"{path}: {what} not found") from exc
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: the {what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+
+
+def read_model_json(path: Path, what: str) -> Any:
+    """Parse a JSON file of the model folder; :class:`ManifestError` names the file and the problem."""
+    text = _read_text(path, what)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{path}: the {what} is not valid JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise ManifestError(f"{path}: the {what} is nested too deeply to read") from exc
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A key given twice would silently keep only its last value."""
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ManifestError(f"keys given more than once in one object: {repeated}")
+    return dict(pairs)
+
+
+def _parse_manifest_text(text: str, source: str) -> Any:
+    try:
+        return json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{source}: the model manifest is not valid JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise ManifestError(f"{source}: the model manifest is nested too deeply to read") from exc
+    except ManifestError as exc:
+        raise ManifestError(f"{source}: {exc}") from exc
+
+
+def manifest_from_json(document: Any, weights_dir: Path, source: str | None = None) -> Manifest:
+    """Validate a parsed manifest document against the schema and resolve it against ``weights_dir``.
+
+    Args:
+        document: the JSON value of a manifest file (JSON types: lists for tuples).
+        weights_dir: the folder the document's file names are relative to.
+        source: how messages name the document (default: ``weights_dir/manifest.json``).
+
+    Raises:
+        ManifestError: naming ``source``, and for each problem its key path and the offending value.
+    """
+    weights_dir = Path(weights_dir).absolute()
+    source = source or str(weights_dir / MANIFEST_NAME)
+    if not isinstance(document, dict):
+        raise ManifestError(f"{source}: the model manifest must hold a JSON object")
+    # A file of another format version is refused before the schema: its other differences are noise.
+    if "format_version" not in document:
+        raise ManifestError(f"{source}: format_version: required key is missing; this product reads "
+                            f"manifest format_version {FORMAT_VERSION}")
+    try:
+        _check_format_version(document["format_version"])
+    except ValueError as exc:
+        raise ManifestError(f"{source}: format_version: {exc}") from exc
+    try:
+        # JSON mode: arrays are accepted for tuples, ints for floats, and nothing else is converted.
+        parsed = _DOCUMENT.validate_json(json.dumps(document))
+    except ValidationError as exc:
+        raise _schema_error(source, exc) from exc
+    segmentation = parsed.segmentation
+    return Manifest(
+        weights_dir=weights_dir,
+        engine=segmentation.engine,
+        preprocess=parsed.preprocess,
+        pet_threshold=segmentation.pet_threshold,
+        ensemble=segmentation.ensemble,
+        postprocess=segmentation.postprocess,
+        rfs_model=weights_dir / parsed.rfs_model,
+        hpv_model=weights_dir / parsed.hpv_model,
+        description=parsed.description,
+    )
 
 
 def load_manifest(weights_dir: Path = DEFAULT_WEIGHTS_DIR) -> Manifest:
-    """Read ``weights_dir/manifest.json``; raise :class:`ManifestError` naming the problem."""
-    path = Path(weights_dir) / "manifest.json"
-    raw = read_model_json(path, "model manifest")
-    if not isinstance(raw, dict):
-        raise ManifestError(f"{path}: the model manifest must hold a JSON object")
+    """Read and validate ``weights_dir/manifest.json``; raise :class:`ManifestError` naming every problem."""
+    path = Path(weights_dir) / MANIFEST_NAME
+    text = _read_text(path, "model manifest")
+    return manifest_from_json(_parse_manifest_text(text, str(path)), weights_dir, str(path))
 
-    seg = raw.get("segmentation", {})
-    engine = seg.get("engine", "pet-threshold")
-    if engine not in ("pet-threshold", "ensemble"):
-        raise ManifestError(f"{path}: segmentation.engine must be 'pet-threshold' or 'ensemble', got {engine!r}")
-    ensemble = None
-    if "ensemble" in seg:
-        ens = dict(seg["ensemble"])
-        members = tuple(
-            _dataclass_from(MemberConfig, m, f"{path}: ensemble member {i}")
-            for i, m in enumerate(ens.pop("members", []))
-        )
-        ensemble = _dataclass_from(EnsembleConfig, {**ens, "members": members}, f"{path}: segmentation.ensemble")
-    if engine == "ensemble" and (ensemble is None or not ensemble.members):
-        raise ManifestError(f"{path}: engine 'ensemble' selected but no ensemble members are listed")
 
-    return Manifest(
-        weights_dir=Path(weights_dir),
-        engine=engine,
-        preprocess=_dataclass_from(PreprocessConfig, raw.get("preprocess", {}), f"{path}: preprocess"),
-        pet_threshold=_dataclass_from(PetThresholdConfig, seg.get("pet_threshold", {}), f"{path}: pet_threshold"),
-        ensemble=ensemble,
-        postprocess=_dataclass_from(PostprocessConfig, seg.get("postprocess", {}), f"{path}: postprocess"),
-        rfs_model=Path(weights_dir) / raw.get("rfs_model", "rfs_model.json"),
-        hpv_model=Path(weights_dir) / raw.get("hpv_model", "hpv_model.json"),
+# --- writing ------------------------------------------------------------------------------------------------
+
+
+def _name_inside(path: Path, weights_dir: Path, key: str) -> str:
+    try:
+        return Path(path).absolute().relative_to(weights_dir).as_posix()
+    except ValueError as exc:
+        raise ManifestError(f"manifest for {weights_dir}: {key}: {path} is not inside the weights folder") from exc
+
+
+def manifest_json(manifest: Manifest) -> dict[str, Any]:
+    """The JSON document of ``manifest`` (current format_version), checked to load back identically.
+
+    Raises:
+        ManifestError: a model file lies outside ``manifest.weights_dir``, or the document would not
+            load back as ``manifest`` (for example engine "ensemble" without an ensemble section).
+    """
+    weights_dir = Path(manifest.weights_dir).absolute()
+    source = f"manifest for {weights_dir}"
+    segmentation = {
+        "engine": manifest.engine,
+        "pet_threshold": to_jsonable_python(manifest.pet_threshold),
+        "postprocess": to_jsonable_python(manifest.postprocess),
+        "ensemble": to_jsonable_python(manifest.ensemble),
+    }
+    document = {
+        "format_version": FORMAT_VERSION,
+        "description": manifest.description,
+        "segmentation": {key: value for key, value in segmentation.items() if value is not None},
+        "preprocess": to_jsonable_python(manifest.preprocess),
+        "rfs_model": _name_inside(manifest.rfs_model, weights_dir, "rfs_model"),
+        "hpv_model": _name_inside(manifest.hpv_model, weights_dir, "hpv_model"),
+    }
+    document = {key: value for key, value in document.items() if value is not None}
+    # Validated as the loader validates the file, so the messages and the key paths are the same.
+    loaded = manifest_from_json(json.loads(json.dumps(document)), weights_dir, source)
+    expected = replace(
+        manifest, weights_dir=weights_dir, rfs_model=weights_dir / document["rfs_model"],
+        hpv_model=weights_dir / document["hpv_model"],
     )
+    if loaded != expected:
+        raise ManifestError(f"{source}: the written manifest would not load back identically")
+    return document
+
+
+def write_manifest(manifest: Manifest) -> Path:
+    """Write ``manifest`` to ``manifest.weights_dir/manifest.json`` (temporary file, then rename); return the path."""
+    text = json.dumps(manifest_json(manifest), indent=2) + "\n"
+    target = Path(manifest.weights_dir) / MANIFEST_NAME
+    atomic_write(target, lambda tmp: tmp.write_text(text))
+    return target

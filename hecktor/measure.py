@@ -1,8 +1,13 @@
 """Quantitative PET measurements from the final label image (native CT grid).
 
-SUV statistics sample the PET (already in SUV) on the CT voxels of the lesions' bounding box
-only, with linear interpolation. TLG/NLG = SUVmean x volume (SUV*mL). The node count is the
-number of 26-connected GTVn components.
+SUV statistics sample the PET (already in SUV) at the CT voxel centres of the lesions' bounding
+box only, with linear interpolation. TLG/NLG = SUVmean x volume (SUV*mL). The node count is the
+number of 26-connected GTVn components. Volumes use the true voxel volume (|det(direction)| x
+spacing product), so sheared grids measure right too.
+
+Every array here is a copy owned by numpy (``GetArrayFromImage``), never a view of a temporary
+SimpleITK image: a view outlives nothing, and reading one after its image is freed returns
+whatever the allocator left there (seen as SUVmax 0.0 or 1.5e16 for the same case).
 """
 
 from __future__ import annotations
@@ -11,26 +16,27 @@ import cc3d
 import numpy as np
 import SimpleITK as sitk
 
-from hecktor.geometry import resample_to_grid, sub_grid
+from hecktor.geometry import resample_to_grid, sub_grid, voxel_volume_ml
 from hecktor.types import LABEL_GTVN, LABEL_GTVP, Measurements
 
 __all__ = ["measure"]
 
 
 def _pet_on_label_box(labels: np.ndarray, label_image: sitk.Image, pet: sitk.Image) -> tuple[np.ndarray, tuple]:
+    """PET (SUV) at the CT voxels of the lesions' bounding box, as an owned array, and that box's slices."""
     zyx = np.argwhere(labels > 0)
     lo, hi = zyx.min(axis=0), zyx.max(axis=0) + 1
     grid = sub_grid(label_image, lo[::-1], hi[::-1])
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    return sitk.GetArrayViewFromImage(resample_to_grid(pet, grid, "linear", 0.0)), box
+    return sitk.GetArrayFromImage(resample_to_grid(pet, grid, "linear", 0.0)), box
 
 
 def measure(label_image: sitk.Image, pet_suv: sitk.Image) -> Measurements:
     """Volumes (mL), SUVmax/SUVmean, TLG, NLG and node count of the label image."""
-    labels = sitk.GetArrayViewFromImage(label_image)
+    labels = sitk.GetArrayFromImage(label_image)
     if not labels.any():
         return Measurements(0.0, 0.0, None, None, None, None, 0.0, 0.0, 0)
-    voxel_ml = float(np.prod(label_image.GetSpacing())) / 1000.0
+    voxel_ml = voxel_volume_ml(label_image)
     pet_box, box = _pet_on_label_box(labels, label_image, pet_suv)
     stats: dict[int, tuple[float, float | None, float | None]] = {}
     for label in (LABEL_GTVP, LABEL_GTVN):

@@ -19,7 +19,8 @@ import SimpleITK as sitk
 from hecktor.geometry import image_on_grid
 from hecktor.types import LABEL_GTVN, LABEL_GTVP
 
-__all__ = ["SAMPLE_EHR", "Phantom", "PhantomGeometry", "make_phantom", "write_platform_case"]
+__all__ = ["GTVN_SPHERES", "GTVP_SPHERE", "SAMPLE_EHR", "Phantom", "PhantomGeometry", "make_phantom",
+           "write_platform_case"]
 
 SAMPLE_EHR = {
     "CenterID": 5,
@@ -41,6 +42,8 @@ class PhantomGeometry:
     pet_spacing: tuple[float, float, float] = (4.0, 4.0, 3.0)
     z_bottom_mm: float = 0.0
     flip_ct_z: bool = False  # store the CT with a reversed z axis (direction (1,1,-1))
+    # Any non-singular CT direction (row-major 3 x 3), e.g. a sheared one; the grid keeps its centre.
+    ct_direction: tuple[float, ...] | None = None
     pet_scale: float = 1.0  # 1.0: SUV; e.g. 4000: a Bq/mL-like volume
     noise_seed: int = 0
 
@@ -55,6 +58,9 @@ class Phantom:
 _GTVP_CENTRE = np.array([8.0, -10.0, 140.0])
 _GTVP_RADIUS = 14.0
 _NODES = ((np.array([-42.0, -5.0, 115.0]), 8.0), (np.array([44.0, 0.0, 95.0]), 6.5))
+# The lesions as (centre (x, y, z) mm, radius mm): the analytic truth that tests measure against.
+GTVP_SPHERE = (tuple(_GTVP_CENTRE.tolist()), _GTVP_RADIUS)
+GTVN_SPHERES = tuple((tuple(c.tolist()), r) for c, r in _NODES)
 
 
 def _ellipsoid(p: np.ndarray, centre: tuple[float, float, float], semi: tuple[float, float, float]) -> np.ndarray:
@@ -93,13 +99,25 @@ def _paint(p: np.ndarray, values: dict[str, float], background: float) -> np.nda
     return out
 
 
-def _grid(size: tuple[int, int, int], spacing: tuple[float, float, float], z_bottom: float, flip_z: bool) -> sitk.Image:
+def _grid(
+    size: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    z_bottom: float,
+    flip_z: bool,
+    direction: tuple[float, ...] | None = None,
+) -> sitk.Image:
     image = sitk.Image(list(size), sitk.sitkFloat32)
     image.SetSpacing(list(spacing))
     x0 = -(size[0] - 1) * spacing[0] / 2.0
     y0 = -(size[1] - 1) * spacing[1] / 2.0
     z_top = z_bottom + (size[2] - 1) * spacing[2]
-    if flip_z:
+    if direction is not None:
+        matrix = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+        half_extent = (np.asarray(size, dtype=np.float64) - 1.0) / 2.0 * np.asarray(spacing)
+        centre = np.array([0.0, 0.0, (z_bottom + z_top) / 2.0])
+        image.SetDirection(matrix.flatten().tolist())
+        image.SetOrigin((centre - matrix @ half_extent).tolist())
+    elif flip_z:
         image.SetDirection([1, 0, 0, 0, 1, 0, 0, 0, -1])
         image.SetOrigin([x0, y0, z_top])
     else:
@@ -130,7 +148,8 @@ def _with_values(grid: sitk.Image, array: np.ndarray, pixel_type: int) -> sitk.I
 
 def make_phantom(geometry: PhantomGeometry = PhantomGeometry()) -> Phantom:
     """Render the synthetic phantom on the CT and PET grids of ``geometry``."""
-    ct_grid = _grid(geometry.ct_size, geometry.ct_spacing, geometry.z_bottom_mm, geometry.flip_ct_z)
+    ct_grid = _grid(geometry.ct_size, geometry.ct_spacing, geometry.z_bottom_mm, geometry.flip_ct_z,
+                    geometry.ct_direction)
     hu = {"body": 40, "spine": 650, "skull": 900, "brain": 35, "airway": -950, "parotid": 20, "gtvn": 45, "gtvp": 55}
     ct_values = _render(ct_grid, {k: float(v) for k, v in hu.items()}, -1000.0)
     lesion_codes = {k: 0.0 for k in hu} | {"gtvp": float(LABEL_GTVP), "gtvn": float(LABEL_GTVN)}

@@ -1,7 +1,9 @@
-"""The one data path: read case -> preprocess -> segment -> restore -> measure -> predict -> write.
+"""The one data path: read case -> preprocess -> segment -> restore -> measure -> predict (-> write).
 
-:class:`Pipeline` loads the manifest's models once and serves many cases; the faces
-(``inference.py``, ``python -m hecktor run``) only parse arguments and call it.
+:class:`Pipeline` loads the manifest's models once and serves many cases: :meth:`Pipeline.run_case`
+takes a :class:`~hecktor.types.Case` (any reader can feed it), :meth:`Pipeline.run` reads one from a
+folder and applies the input policy first. Writing belongs to the faces (``hecktor.cli``), which
+publish a case's outputs all together through :mod:`hecktor.write`.
 """
 
 from __future__ import annotations
@@ -14,19 +16,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
+from hecktor.geometry import image_on_grid
 from hecktor.manifest import Manifest
 from hecktor.measure import measure
+from hecktor.policy import apply_input_policy
 from hecktor.predict import ClinicalModels, load_clinical_models, predict
 from hecktor.preprocess import extract_roi
 from hecktor.read import read_case
 from hecktor.restore import restore_to_ct_grid
 from hecktor.segment import SegmentationEngine, build_engine
-from hecktor.types import Case, Measurements, Predictions, Roi
-from hecktor.write import HPV_PATH, RFS_PATH, SEGMENTATION_PATH, write_json, write_label_image
+from hecktor.types import Case, Measurements, Predictions, RecoverableProblem
 
-__all__ = ["ALL_TASKS", "CaseResult", "Pipeline", "StageTiming", "write_outputs"]
+__all__ = ["ALL_TASKS", "CaseResult", "Pipeline", "StageTiming"]
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +46,16 @@ class StageTiming:
 
 @dataclass(frozen=True)
 class CaseResult:
+    """Everything computed for one case. ``measurements`` is ``None`` when segmentation was skipped
+    (a PET without uptake): Tasks 2/3 then come from the clinical record alone."""
+
     case_id: str
     labels: sitk.Image | None
-    measurements: Measurements
+    measurements: Measurements | None
     predictions: Predictions | None
     roi_located_by: str
     engine: str
+    problems: tuple[RecoverableProblem, ...] = ()
     timings: tuple[StageTiming, ...] = field(default=())
 
 
@@ -86,28 +94,30 @@ class Pipeline:
                 " (a rule-based SUV threshold method)" if self.engine.name == "pet-threshold" else "",
             )
 
-    def segment_case(self, case: Case, clock: _StageClock) -> tuple[sitk.Image, Roi]:
+    def segment_case(self, case: Case, clock: _StageClock) -> tuple[sitk.Image, str]:
+        """The label image on the CT grid, and how the ROI was located."""
         with clock.stage("preprocess"):
             roi = extract_roi(case, self.manifest.preprocess)
         with clock.stage("segment"):
             probabilities = self.engine.segment(roi)
         with clock.stage("restore"):
             labels = restore_to_ct_grid(probabilities, case.ct, self.manifest.postprocess)
-        return labels, roi
+        return labels, roi.located_by
 
-    def run(self, input_dir: Path, tasks: frozenset[int] = ALL_TASKS) -> CaseResult:
-        """Compute every requested output of the case in ``input_dir``; writes nothing."""
-        clock = _StageClock()
-        with clock.stage("read"):
-            case = read_case(input_dir)
-        for note in case.notes:
-            log.warning("%s", note)
-        # Tasks 2 and 3 use measurements from the segmentation, so it always runs.
-        labels, roi = self.segment_case(case, clock)
-        with clock.stage("measure"):
-            measurements = measure(labels, case.pet)
-        log.info("measurements: %s", {k: round(v, 2) if isinstance(v, float) else v
-                                      for k, v in measurements.as_dict().items()})
+    def run_case(self, case: Case, tasks: frozenset[int] = ALL_TASKS, clock: _StageClock | None = None) -> CaseResult:
+        """Compute every requested output of ``case``; writes nothing."""
+        clock = clock or _StageClock()
+        measurements: Measurements | None = None
+        if _has_uptake(case):
+            # Tasks 2 and 3 use measurements from the segmentation, so it always runs.
+            labels, located_by = self.segment_case(case, clock)
+            with clock.stage("measure"):
+                measurements = measure(labels, case.pet)
+            log.info("measurements: %s", {k: round(v, 2) if isinstance(v, float) else v
+                                          for k, v in measurements.as_dict().items()})
+        else:
+            labels, located_by = image_on_grid(np.zeros(case.ct.GetSize()[::-1], np.uint8), case.ct), "not located"
+            log.warning("%s: PET without uptake: empty segmentation, no image measurements", case.pet_path)
         predictions = None
         if tasks & {2, 3}:
             with clock.stage("predict"):
@@ -119,22 +129,21 @@ class Pipeline:
             labels=labels if 1 in tasks else None,
             measurements=measurements,
             predictions=predictions,
-            roi_located_by=roi.located_by,
+            roi_located_by=located_by,
             engine=self.engine.name,
+            problems=case.problems,
             timings=tuple(clock.timings),
         )
 
+    def run(self, input_dir: Path, tasks: frozenset[int] = ALL_TASKS, strict: bool = False) -> CaseResult:
+        """Read the case in ``input_dir``, apply the input policy (``strict`` refuses any recoverable
+        problem), and compute every requested output; writes nothing."""
+        clock = _StageClock()
+        with clock.stage("read"):
+            case = read_case(input_dir)
+        apply_input_policy(case.problems, strict)
+        return self.run_case(case, tasks, clock)
 
-def write_outputs(result: CaseResult, output_dir: Path, tasks: frozenset[int] = ALL_TASKS) -> list[Path]:
-    """Write the platform outputs of ``result`` for ``tasks``; returns the written paths."""
-    written = []
-    if 1 in tasks and result.labels is not None:
-        write_label_image(result.labels, output_dir / SEGMENTATION_PATH)
-        written.append(output_dir / SEGMENTATION_PATH)
-    if 2 in tasks and result.predictions is not None:
-        write_json(float(result.predictions.rfs_risk), output_dir / RFS_PATH)
-        written.append(output_dir / RFS_PATH)
-    if 3 in tasks and result.predictions is not None:
-        write_json(bool(result.predictions.hpv_positive), output_dir / HPV_PATH)
-        written.append(output_dir / HPV_PATH)
-    return written
+
+def _has_uptake(case: Case) -> bool:
+    return float(sitk.GetArrayViewFromImage(case.pet).max()) > 0.0  # ``case.pet`` outlives the view

@@ -9,6 +9,8 @@ Missing values (unknown clinical fields, an SUVmax that is absent or implausible
 the training median; a model may also carry ``<feature>_missing`` indicator columns. Standardised
 values are clipped (``z_clip``) so that a measurement far outside the training range, e.g. a
 failed segmentation, moves the score a bounded amount instead of producing an extreme output.
+Without image measurements (``predict(..., measurements=None)``, e.g. a PET without uptake) every
+image feature is unknown and imputed the same way, so Tasks 2/3 rest on the clinical record alone.
 ``CenterID`` is never a feature: test centres are unseen.
 """
 
@@ -64,11 +66,11 @@ RAW_FEATURES: dict[str, str] = {
 
 
 def _finite_in(value: Any, low: float, high: float) -> float | None:
-    if value is None:
+    if value is None or isinstance(value, bool):  # a yes/no value is no measurement
         return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond the float range
         return None
     if not math.isfinite(number) or not low <= number <= high:
         return None
@@ -243,6 +245,12 @@ def predict_from_features(models: ClinicalModels, raw: Mapping[str, float | None
     )
 
 
-def predict(models: ClinicalModels, record: ClinicalRecord, measurements: Measurements) -> Predictions:
-    """RFS risk (higher = earlier relapse) and HPV probability/decision for one case."""
-    return predict_from_features(models, raw_features(record, measurements.as_dict()))
+def predict(models: ClinicalModels, record: ClinicalRecord, measurements: Measurements | None) -> Predictions:
+    """RFS risk (higher = earlier relapse) and HPV probability/decision for one case.
+
+    ``measurements=None`` means no image measurement is available (e.g. the PET shows no uptake and
+    segmentation was skipped): every image feature is then unknown and imputed like any unknown
+    value, so the prediction rests on the clinical record alone.
+    """
+    measured = {} if measurements is None else measurements.as_dict()
+    return predict_from_features(models, raw_features(record, measured))

@@ -6,11 +6,20 @@ connected component (normally the brain) anchors a 200 x 200 x 310 mm box. Unlik
 organisers' template, nothing outside that box is ever resampled, which is what makes this
 stage take about a second instead of tens of seconds.
 
+Everything anatomical is measured in the patient frame (:func:`hecktor.geometry.patient_frame`):
+"cranial" is +z of the frame and the ROI grid's axes are the frame's axes, so a case stored with
+reversed axes, or rotated as a whole, gives the same ROI. The brain search only ever touches the
+voxels of the cranial slab (and the 100 mm below the brain's centroid), never coordinate arrays of
+the whole PET, so a 512 x 512 x 600 whole-body PET costs what its head costs.
+
 Fallback (small field of view, or a PET without a brain): when the largest component is
 smaller than ``MIN_BRAIN_ML`` or its median SUV is below ``MIN_BRAIN_MEDIAN_SUV`` the box
-is centred on the common extent in x and y and its top
-is put at the top of the common extent. ``Roi.located_by`` records which rule was used and
-the run log says so.
+is centred on the common extent in x and y and its top is put at the top of the common
+extent. ``Roi.located_by`` records which rule was used and the run log says so.
+
+The midline (used to tell the primary tumour from nodes) is the brain's centroid when the brain
+was found, else the centre of the body on the ROI's CT, else the ROI's centre: never the centre of
+a box that the field of view may have clipped on one side.
 """
 
 from __future__ import annotations
@@ -23,18 +32,27 @@ import numpy as np
 import SimpleITK as sitk
 
 from hecktor.geometry import (
-    continuous_index_of,
-    direction_matrix,
+    frame_bounds,
+    frame_coordinates_of_indices,
+    index_box_in_frame_box,
     make_grid,
-    physical_coordinate_field,
-    physical_corners,
+    patient_frame,
     resample_to_grid,
     sub_grid,
+    voxel_volume_ml,
+    voxels_in_frame_box,
 )
 from hecktor.manifest import PreprocessConfig
 from hecktor.types import Case, InputError, Roi
 
-__all__ = ["MIN_BRAIN_ML", "BrainLocation", "common_extent", "extract_roi", "locate_brain", "roi_grid"]
+__all__ = [
+    "MIN_BRAIN_ML",
+    "BrainLocation",
+    "common_extent",
+    "extract_roi",
+    "locate_brain",
+    "roi_grid",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,101 +60,167 @@ MIN_BRAIN_ML = 100.0  # an adult brain is ~1200 mL; the z>1 part of its upper qu
 MIN_BRAIN_MEDIAN_SUV = 3.0  # grey matter is SUV 6-12; body tissue cut by the slab is ~1-2
 MAX_BRAIN_HEIGHT_MM = 100.0  # bound on centroid-to-bottom distance when the brain merges with neighbours
 CT_AIR_HU = -1024.0
+BODY_HU = -500.0  # CT voxels above this are body (soft tissue, bone), below it air
+MIN_BODY_FRACTION = 0.01  # fewer body voxels than this in the ROI: no usable body midline
 
 
 @dataclass(frozen=True)
 class BrainLocation:
-    centroid_mm: np.ndarray  # physical (x, y, z)
-    bottom_mm: float  # physical z of the lowest brain voxel
+    """The brain on the PET, in patient-frame coordinates (mm)."""
+
+    centroid: np.ndarray  # (x, y, z)
+    bottom: float  # z of the lowest brain voxel (at most MAX_BRAIN_HEIGHT_MM below the centroid)
     volume_ml: float
 
 
-def common_extent(ct: sitk.Image, pet: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
-    """Axis-aligned physical box (lo, hi) covered by both images; raises if they do not overlap."""
-    boxes = [physical_corners(img) for img in (ct, pet)]
-    lo = np.maximum(boxes[0].min(axis=0), boxes[1].min(axis=0))
-    hi = np.minimum(boxes[0].max(axis=0), boxes[1].max(axis=0))
+def common_extent(ct: sitk.Image, pet: sitk.Image, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Frame-aligned box (lo, hi) covered by both images, or ``None`` when they do not overlap."""
+    (ct_lo, ct_hi), (pet_lo, pet_hi) = frame_bounds(ct, frame), frame_bounds(pet, frame)
+    lo, hi = np.maximum(ct_lo, pet_lo), np.minimum(ct_hi, pet_hi)
     if (hi - lo <= 0).any():
-        raise InputError("CT and PET do not overlap in physical space (check their origins and directions)")
+        return None
     return lo, hi
 
 
-def _centroid_mm(image: sitk.Image, mask: np.ndarray) -> np.ndarray:
-    zyx = np.argwhere(mask).mean(axis=0)
-    return np.asarray(image.TransformContinuousIndexToPhysicalPoint(zyx[::-1].tolist()))
+def _component_voxels(
+    values: np.ndarray, mask: np.ndarray | None, threshold: float
+) -> np.ndarray:
+    """Voxels above ``threshold`` (inside ``mask`` when given)."""
+    above = values > threshold
+    if mask is not None:
+        above &= mask
+    return above
 
 
 def locate_brain(
-    pet: sitk.Image, extent: tuple[np.ndarray, np.ndarray], config: PreprocessConfig
+    pet: sitk.Image, frame: np.ndarray, extent: tuple[np.ndarray, np.ndarray], config: PreprocessConfig
 ) -> BrainLocation | None:
-    """Find the brain as the largest z-score > threshold component in the cranial part of the PET."""
-    values = sitk.GetArrayViewFromImage(pet)
+    """Find the brain as the largest z-score > threshold component in the cranial part of ``extent``.
+
+    ``extent`` is a frame-aligned (lo, hi) box; the cranial slab is its top ``brain_search_fraction``.
+    """
+    values = sitk.GetArrayViewFromImage(pet)  # read-only view; ``pet`` outlives every use below
     lo, hi = extent
-    fields = [physical_coordinate_field(pet, a) for a in range(3)]
-    inside = np.ones(values.shape, dtype=bool)
-    for axis in range(3):
-        inside &= (fields[axis] >= lo[axis]) & (fields[axis] <= hi[axis])
-    slab = inside & (fields[2] >= hi[2] - config.brain_search_fraction * (hi[2] - lo[2]))
-    if slab.sum() < 10:
+    slab_lo = lo.copy()
+    slab_lo[2] = hi[2] - config.brain_search_fraction * (hi[2] - lo[2])
+    slab = voxels_in_frame_box(pet, frame, slab_lo, hi)
+    if slab is None:
         return None
-    slab_values = values[slab]
-    std = float(slab_values.std())
+    slab_slices, slab_mask = slab
+    slab_values = values[slab_slices]
+    inside = slab_values if slab_mask is None else slab_values[slab_mask]
+    if inside.size < 10:
+        return None
+    std = float(inside.std(dtype=np.float64))
     if std <= 0:
         return None
-    threshold = float(slab_values.mean()) + config.brain_zscore * std
-    candidate = slab & (values > threshold)
+    threshold = float(inside.mean(dtype=np.float64)) + config.brain_zscore * std
+    candidate = _component_voxels(slab_values, slab_mask, threshold)
     if not candidate.any():
         return None
     largest = cc3d.largest_k(candidate, k=1, connectivity=26) > 0
-    voxel_ml = float(np.prod(pet.GetSpacing())) / 1000.0
-    volume_ml = float(largest.sum()) * voxel_ml
-    median_suv = float(np.median(values[largest]))
+    volume_ml = float(np.count_nonzero(largest)) * voxel_volume_ml(pet)
+    median_suv = float(np.median(slab_values[largest]))
     if volume_ml < MIN_BRAIN_ML or median_suv < MIN_BRAIN_MEDIAN_SUV:
         log.info("largest hot component in the cranial PET: %.1f mL, median SUV %.1f; a brain needs >= %.0f mL and "
                  ">= %.1f SUV", volume_ml, median_suv, MIN_BRAIN_ML, MIN_BRAIN_MEDIAN_SUV)
         return None
-    centroid = _centroid_mm(pet, largest)
-    # The cranial slab may cut the brain: follow the component through the whole volume.
-    whole = cc3d.connected_components(inside & (values > threshold), connectivity=26)
-    labels_in_brain = np.unique(whole[largest])
-    brain = np.isin(whole, labels_in_brain[labels_in_brain > 0])
-    bottom = max(float(fields[2][brain].min()), float(centroid[2]) - MAX_BRAIN_HEIGHT_MM)
-    return BrainLocation(centroid_mm=centroid, bottom_mm=bottom, volume_ml=volume_ml)
+    slab_start = np.array([s.start for s in slab_slices])
+    brain_zyx = np.argwhere(largest) + slab_start
+    centroid = frame_coordinates_of_indices(pet, frame, brain_zyx.mean(axis=0, keepdims=True))[0]
+    bottom = _brain_bottom(pet, frame, extent, slab_lo[2], centroid, brain_zyx[:1], threshold)
+    return BrainLocation(centroid=centroid, bottom=bottom, volume_ml=volume_ml)
 
 
-def _grid_size_along_axes(direction: np.ndarray, roi_size_mm: tuple[float, float, float], spacing: float) -> list[int]:
-    """Voxels per grid axis: each grid axis takes the ROI size of the physical axis it runs along."""
-    physical_axis = np.abs(direction).argmax(axis=0)
-    return [round(roi_size_mm[p] / spacing) for p in physical_axis]
+def _brain_bottom(
+    pet: sitk.Image,
+    frame: np.ndarray,
+    extent: tuple[np.ndarray, np.ndarray],
+    slab_bottom: float,
+    centroid: np.ndarray,
+    seed_zyx: np.ndarray,
+    threshold: float,
+) -> float:
+    """Frame z of the brain's lowest voxel, following its component below the cranial slab.
+
+    Only the region from ``MAX_BRAIN_HEIGHT_MM`` below the centroid upwards is labelled: the
+    result is clamped there anyway, and this keeps memory bounded by the head, not the PET.
+    """
+    lo, hi = extent
+    floor = centroid[2] - MAX_BRAIN_HEIGHT_MM
+    region_lo = lo.copy()
+    region_lo[2] = max(lo[2], min(slab_bottom, floor))
+    region = voxels_in_frame_box(pet, frame, region_lo, hi)
+    assert region is not None  # it contains the slab, which holds the brain
+    slices, mask = region
+    values = sitk.GetArrayViewFromImage(pet)[slices]
+    labels = cc3d.connected_components(_component_voxels(values, mask, threshold), connectivity=26)
+    start = np.array([s.start for s in slices])
+    seed_label = labels[tuple(seed_zyx[0] - start)]
+    brain_zyx = np.argwhere(labels == seed_label) + start
+    lowest = float(frame_coordinates_of_indices(pet, frame, brain_zyx)[:, 2].min())
+    return max(lowest, floor)
 
 
 def roi_grid(
-    ct: sitk.Image, center_xy: np.ndarray, top_z: float, extent: tuple[np.ndarray, np.ndarray], config: PreprocessConfig
-) -> sitk.Image:
-    """The 1 mm ROI grid (CT's direction) with its top at ``top_z``, clipped to the common extent."""
-    direction = direction_matrix(ct)
-    size = _grid_size_along_axes(direction, config.roi_size_mm, config.spacing_mm)
+    frame: np.ndarray,
+    center_xy: np.ndarray,
+    top_z: float,
+    extent: tuple[np.ndarray, np.ndarray],
+    config: PreprocessConfig,
+) -> sitk.Image | None:
+    """The 1 mm ROI grid along the frame's axes, top at frame ``top_z``, clipped to the common extent.
+
+    ``center_xy`` and ``top_z`` are frame coordinates. ``None`` when the box misses the extent.
+    """
+    size = [round(s / config.spacing_mm) for s in config.roi_size_mm]
     center = np.array([center_xy[0], center_xy[1], top_z - config.roi_size_mm[2] / 2.0])
-    full = make_grid(center, (size[0], size[1], size[2]), config.spacing_mm, direction)
-    lo, hi = extent
-    box_corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-    index = continuous_index_of(full, box_corners)
-    start = np.clip(np.ceil(index.min(axis=0) - 1e-6), 0, np.asarray(size))
-    stop = np.clip(np.floor(index.max(axis=0) + 1e-6) + 1, 0, np.asarray(size))
-    if (stop - start < 1).any():
-        raise InputError("the head-and-neck ROI does not intersect the common PET/CT extent")
-    return sub_grid(full, start, stop)
+    full = make_grid(frame @ center, (size[0], size[1], size[2]), config.spacing_mm, frame)
+    box = index_box_in_frame_box(full, frame, *extent)
+    if box is None:
+        return None
+    return sub_grid(full, *box)
+
+
+def _brain_search_box(
+    pet: sitk.Image, frame: np.ndarray, extent: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The common extent's z range, but the PET's whole x/y range: the brain is found on the PET, and a CT
+    that stops short on one side must not cut it (its centroid is the midline)."""
+    pet_lo, pet_hi = frame_bounds(pet, frame)
+    return (np.array([pet_lo[0], pet_lo[1], extent[0][2]]), np.array([pet_hi[0], pet_hi[1], extent[1][2]]))
+
+
+def _body_midline_x(ct_hu: np.ndarray, grid: sitk.Image, frame: np.ndarray) -> float | None:
+    """Frame x of the body's centre on the ROI's CT (voxels above ``BODY_HU``), if there is a body."""
+    body = ct_hu > BODY_HU
+    if np.count_nonzero(body) < MIN_BODY_FRACTION * body.size:
+        return None
+    mean_x_index = float(np.count_nonzero(body, axis=(0, 1)) @ np.arange(body.shape[2]) / np.count_nonzero(body))
+    return float(frame_coordinates_of_indices(grid, frame, np.array([[0.0, 0.0, mean_x_index]]))[0, 0])
+
+
+def _describe_extent(image: sitk.Image, frame: np.ndarray) -> str:
+    lo, hi = frame_bounds(image, frame)
+    return " x ".join(f"[{a:.0f}, {b:.0f}]" for a, b in zip(lo, hi, strict=True)) + " mm"
 
 
 def extract_roi(case: Case, config: PreprocessConfig) -> Roi:
     """Locate the ROI on the PET and resample CT (HU) and PET (SUV) inside it to 1 mm."""
-    extent = common_extent(case.ct, case.pet)
-    brain = locate_brain(case.pet, extent, config)
+    frame = patient_frame(np.asarray(case.ct.GetDirection(), dtype=np.float64).reshape(3, 3))
+    extent = common_extent(case.ct, case.pet, frame)
+    if extent is None:
+        raise InputError(
+            f"{case.ct_path} and {case.pet_path}: CT and PET do not overlap in physical space (CT spans "
+            f"{_describe_extent(case.ct, frame)}, PET spans {_describe_extent(case.pet, frame)}; check their "
+            "origins and directions)"
+        )
+    brain = locate_brain(case.pet, frame, _brain_search_box(case.pet, frame, extent), config)
     if brain is not None:
-        center_xy = brain.centroid_mm[:2]
-        top_z = float(brain.centroid_mm[2]) + config.roi_above_brain_mm
+        center_xy = brain.centroid[:2]
+        top_z = float(brain.centroid[2]) + config.roi_above_brain_mm
         located_by = "pet-brain"
-        log.info("ROI anchored on the brain (%.0f mL) at %s mm", brain.volume_ml, np.round(brain.centroid_mm, 1))
+        log.info("ROI anchored on the brain (%.0f mL) at frame %s mm", brain.volume_ml, np.round(brain.centroid, 1))
     else:
         center_xy = (extent[0][:2] + extent[1][:2]) / 2.0
         top_z = float(extent[1][2])
@@ -146,16 +230,34 @@ def extract_roi(case: Case, config: PreprocessConfig) -> Roi:
             "common PET/CT extent with its top at the top of the extent",
             case.pet_path,
         )
-    grid = roi_grid(case.ct, center_xy, top_z, extent, config)
-    ct_roi = resample_to_grid(case.ct, grid, config.interpolator, CT_AIR_HU)
-    pet_roi = resample_to_grid(case.pet, grid, config.interpolator, 0.0)
-    log.info("ROI grid %s voxels at %.1f mm", grid.GetSize(), config.spacing_mm)
+    grid = roi_grid(frame, center_xy, top_z, extent, config)
+    if grid is None:
+        raise InputError(f"{case.ct_path} and {case.pet_path}: the head-and-neck ROI misses the common PET/CT extent")
+    ct_hu = sitk.GetArrayFromImage(resample_to_grid(case.ct, grid, config.interpolator, CT_AIR_HU))
+    pet_suv = np.maximum(sitk.GetArrayFromImage(resample_to_grid(case.pet, grid, config.interpolator, 0.0)), 0.0)
+    midline_x, midline_from = _midline(brain, ct_hu, grid, frame)
+    log.info("ROI grid %s voxels at %.1f mm; midline at frame x = %.1f mm (%s)", grid.GetSize(), config.spacing_mm,
+             midline_x, midline_from)
     center = grid.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2.0 for s in grid.GetSize()])
     return Roi(
         grid=grid,
-        ct_hu=sitk.GetArrayFromImage(ct_roi),
-        pet_suv=np.maximum(sitk.GetArrayFromImage(pet_roi), 0.0),
+        ct_hu=ct_hu,
+        pet_suv=pet_suv,
         center_mm=tuple(float(c) for c in center),
         located_by=located_by,
-        brain_bottom_mm=brain.bottom_mm if brain is not None else None,
+        midline_x_mm=midline_x,
+        midline_from=midline_from,
+        brain_bottom_mm=brain.bottom if brain is not None else None,
     )
+
+
+def _midline(
+    brain: BrainLocation | None, ct_hu: np.ndarray, grid: sitk.Image, frame: np.ndarray
+) -> tuple[float, str]:
+    if brain is not None:
+        return float(brain.centroid[0]), "brain centroid"
+    body_x = _body_midline_x(ct_hu, grid, frame)
+    if body_x is not None:
+        return body_x, "body centre on the CT"
+    centre = frame_coordinates_of_indices(grid, frame, (np.array(ct_hu.shape, dtype=float)[None, :] - 1) / 2.0)
+    return float(centre[0, 0]), "ROI centre (no brain, no body on the CT)"

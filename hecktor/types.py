@@ -22,6 +22,7 @@ __all__ = [
     "Measurements",
     "Predictions",
     "Probabilities",
+    "RecoverableProblem",
     "Roi",
 ]
 
@@ -32,6 +33,23 @@ LABEL_GTVN = 2
 
 class InputError(ValueError):
     """A case input that cannot be processed; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class RecoverableProblem:
+    """An input problem the reader worked around with a documented fallback.
+
+    ``code`` is stable (it keys the README's input-policy table and the run report); the default
+    policy goes on with ``fallback`` applied and a warning, ``--strict`` refuses the case.
+    """
+
+    code: str
+    path: Path
+    problem: str
+    fallback: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}; {self.fallback}"
 
 
 @dataclass(frozen=True)
@@ -66,7 +84,7 @@ class Case:
     pet_path: Path
     planning_ct: sitk.Image | None = None
     rt_dose: sitk.Image | None = None
-    notes: tuple[str, ...] = ()
+    problems: tuple[RecoverableProblem, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,9 +92,11 @@ class Roi:
     """The head-and-neck region of interest resampled to 1 mm isotropic.
 
     ``ct_hu`` and ``pet_suv`` are float32 arrays (z, y, x) on ``grid``, an empty SimpleITK
-    image that carries the ROI geometry (1 mm spacing, the CT's direction).
-    ``center_mm`` is the physical point the crop was built around; ``located_by`` says
-    whether it came from the PET ("pet-brain") or from the documented fallback.
+    image that carries the ROI geometry (1 mm spacing; its direction is the patient frame of
+    :func:`hecktor.geometry.patient_frame`, so grid index steps are frame coordinate steps).
+    ``center_mm`` is the physical centre of the grid; ``located_by`` says whether the ROI was
+    anchored on the brain ("pet-brain") or by the documented fallback. ``midline_x_mm`` and
+    ``brain_bottom_mm`` are patient-frame coordinates (x: the patient's left is +, z: superior is +).
     """
 
     grid: sitk.Image
@@ -84,7 +104,9 @@ class Roi:
     pet_suv: np.ndarray
     center_mm: tuple[float, float, float]
     located_by: str
-    brain_bottom_mm: float | None = None  # physical z (superior +) of the brain's lowest point
+    midline_x_mm: float
+    midline_from: str  # "brain centroid", "body centre on the CT" or the ROI-centre fallback
+    brain_bottom_mm: float | None = None  # frame z of the brain's lowest point
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from hecktor.manifest import Manifest, load_manifest
 from hecktor.phantom import Phantom, PhantomGeometry, make_phantom, write_platform_case
+
+
+@pytest.fixture(scope="session")
+def shipped_manifest() -> Manifest:
+    """The bundled ``model_weights/manifest.json``: the parameters the product runs with."""
+    return load_manifest()
 
 
 @pytest.fixture(scope="session")

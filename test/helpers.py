@@ -41,3 +41,18 @@ def run_inference(input_dir: Path, output_dir: Path, *extra: str) -> subprocess.
 
 def files_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def independent_linear_predictor(model: dict, known: dict[str, float]) -> float:
+    """The documented formula, term by term from the JSON: intercept + sum(coef * clip((x - mean) / std)).
+
+    ``known`` holds the feature values by name; any other feature is unknown (median, indicator 1).
+    """
+    total = model["intercept"]
+    for col, mean, std, coef in zip(model["columns"], model["means"], model["stds"], model["coefs"], strict=True):
+        if col.endswith("_missing"):
+            x = 0.0 if col.removesuffix("_missing") in known else 1.0
+        else:
+            x = known.get(col, model["medians"][col])
+        total += coef * min(max((x - mean) / std, -model["z_clip"]), model["z_clip"])
+    return total

@@ -10,12 +10,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from helpers import CLINICAL_DIR, STS_CASES, files_under, run_inference, sts_training_layout
+from helpers import (
+    CLINICAL_DIR,
+    STS_CASES,
+    files_under,
+    independent_linear_predictor,
+    run_inference,
+    sts_training_layout,
+)
+from test_measure import independent_measurements
 
 from hecktor.manifest import load_manifest
 from hecktor.metrics import dice
+from hecktor.phantom import SAMPLE_EHR
 from hecktor.pipeline import Pipeline
-from hecktor.write import HPV_PATH, RFS_PATH, SEGMENTATION_PATH
+from hecktor.write import HPV_PATH, RFS_PATH, SEGMENTATION_PATH, STAGING_PREFIX, TRASH_PREFIX
 
 
 def assert_valid_outputs(output_dir: Path, ct_path: Path) -> np.ndarray:
@@ -33,7 +42,31 @@ def assert_valid_outputs(output_dir: Path, ct_path: Path) -> np.ndarray:
     hpv = json.loads((output_dir / HPV_PATH).read_text())
     assert isinstance(hpv, bool)
     assert not [p for p in files_under(output_dir) if ".tmp" in p.name], "temporary files left behind"
+    assert not [*output_dir.glob(f"{STAGING_PREFIX}*"), *output_dir.glob(f"{TRASH_PREFIX}*")], "staging left behind"
     return array
+
+
+def _expected_predictions(output_dir: Path, pet_path: Path) -> tuple[float, float, float]:
+    """rfs.json and hpv-status.json recomputed independently: measurements by scipy/numpy from the written
+    label image, features and the linear formula written out term by term from the model JSONs."""
+    measured = independent_measurements(sitk.ReadImage(str(output_dir / SEGMENTATION_PATH)),
+                                        sitk.ReadImage(str(pet_path)))
+    clinical = {"age": "Age", "gender_male": "Gender", "tobacco": "Tobacco Consumption",
+                "alcohol": "Alcohol Consumption", "performance_status": "Performance Status",
+                "treatment_chemoradiotherapy": "Treatment"}
+    known = {feature: float(SAMPLE_EHR[key]) for feature, key in clinical.items()} | {
+        "m_stage": 0.0,  # "M0"
+        "log_gtvp_volume": math.log1p(measured["gtvp_volume_ml"]),
+        "log_gtvn_volume": math.log1p(measured["gtvn_volume_ml"]),
+        "log_total_volume": math.log1p(measured["gtvp_volume_ml"] + measured["gtvn_volume_ml"]),
+        "log_gtvp_suvmax": math.log(measured["gtvp_suvmax"]),
+        "log_gtvn_suvmax": math.log(measured["gtvn_suvmax"]),
+    }
+    weights = load_manifest()
+    rfs_model = json.loads(weights.rfs_model.read_text())
+    hpv_model = json.loads(weights.hpv_model.read_text())
+    probability = 1.0 / (1.0 + math.exp(-independent_linear_predictor(hpv_model, known)))
+    return independent_linear_predictor(rfs_model, known), probability, hpv_model["threshold"]
 
 
 def test_phantom_case_end_to_end(tmp_path, phantom_case_dir, phantom):
@@ -43,6 +76,10 @@ def test_phantom_case_end_to_end(tmp_path, phantom_case_dir, phantom):
     labels = assert_valid_outputs(out, phantom_case_dir / "images/ct/phantom.mha")
     reference = sitk.GetArrayFromImage(phantom.labels)
     assert dice(labels, reference, 1) > 0.8 and dice(labels, reference, 2) > 0.7
+    rfs, hpv_probability, threshold = _expected_predictions(out, phantom_case_dir / "images/pet/phantom.mha")
+    assert json.loads((out / RFS_PATH).read_text()) == pytest.approx(rfs, abs=1e-5)
+    assert json.loads((out / HPV_PATH).read_text()) is (hpv_probability >= threshold)
+    assert abs(hpv_probability - threshold) > 1e-3  # not so close to the threshold that rounding could decide
     assert "pet-threshold" in result.stderr and "NOT a network trained on HECKTOR" in result.stderr
     assert "stage preprocess" in result.stderr
 
@@ -108,29 +145,62 @@ def _nan_pet(case_dir: Path) -> None:
     sitk.WriteImage(bad, str(pet_path))
 
 
+# The whole matrix runs in-process in test_hostile_inputs.py; these go through the real interpreter entry point.
 BAD_INPUTS = {
-    "missing-pet": (lambda d: shutil.rmtree(d / "images/pet"), "PET"),
-    "empty-ct-folder": (lambda d: (d / "images/ct/phantom.mha").unlink(), "no CT image"),
-    "two-ct-files": (lambda d: shutil.copy(d / "images/ct/phantom.mha", d / "images/ct/b.mha"), "exactly one CT"),
-    "nan-voxels": (_nan_pet, "NaN"),
+    "missing-pet": (lambda d: shutil.rmtree(d / "images/pet"), "PET", ()),
     "2d-image": (lambda d: sitk.WriteImage(sitk.Image([32, 32], sitk.sitkInt16), str(d / "images/ct/phantom.mha")),
-                 "2-D"),
-    "unparsable-ehr": (lambda d: (d / "ehr.json").write_text("{'Age': 50,"), "ehr.json"),
+                 "2-D", ()),
+    "nan-voxels-strict": (_nan_pet, "NaN", ("--strict",)),
+    "unparsable-ehr-strict": (lambda d: (d / "ehr.json").write_text("{'Age': 50,"), "ehr.json", ("--strict",)),
 }
 
 
 @pytest.mark.parametrize("name", list(BAD_INPUTS))
 def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, phantom_case_dir, name):
-    damage, message = BAD_INPUTS[name]
+    damage, message, options = BAD_INPUTS[name]
     case_dir = tmp_path / "case"
     shutil.copytree(phantom_case_dir, case_dir)
     damage(case_dir)
     out = tmp_path / "out"
     out.mkdir()
-    result = run_inference(case_dir, out)
+    result = run_inference(case_dir, out, *options)
     assert result.returncode == 2
-    assert message in result.stderr and "input error" in result.stderr
-    assert files_under(out) == []
+    assert message in result.stderr and "input error" in result.stderr and "Traceback" not in result.stderr
+    assert files_under(out) == [] and list(out.iterdir()) == []
+
+
+def test_recoverable_input_is_answered_by_default_with_a_warning(tmp_path, phantom_case_dir):
+    case_dir = tmp_path / "case"
+    shutil.copytree(phantom_case_dir, case_dir)
+    _nan_pet(case_dir)
+    out = tmp_path / "out"
+    result = run_inference(case_dir, out)
+    assert result.returncode == 0, result.stderr
+    assert_valid_outputs(out, case_dir / "images/ct/phantom.mha")
+    assert "input problem [non-finite-voxels]" in result.stderr
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
+def test_run_report_records_the_outcome(tmp_path, phantom_case_dir, strict):
+    case_dir = tmp_path / "case"
+    shutil.copytree(phantom_case_dir, case_dir)
+    (case_dir / "ehr.json").write_text('{"Age": true}')
+    out, report_path = tmp_path / "out", tmp_path / "report.json"
+    result = run_inference(case_dir, out, "--report", str(report_path), *(["--strict"] if strict else []))
+    report = json.loads(report_path.read_text())
+    assert report["exit_code"] == result.returncode == (2 if strict else 0)
+    assert report["options"]["policy"] == ("strict" if strict else "default")
+    assert [p["code"] for p in report.get("input_problems", [])] == ([] if strict else ["ehr-values-unreadable"])
+    assert report["versions"]["SimpleITK"] and report["started"] and report["finished"]
+    if strict:
+        assert report["status"] == "input-error" and "Age" in report["error"] and report["outputs"] == []
+    else:
+        assert report["status"] == "ok" and report["error"] is None
+        assert len(report["outputs"]) == 3 and report["case"]["predictions"]["rfs_risk"] == json.loads(
+            (out / RFS_PATH).read_text())
+        assert any("ehr-values-unreadable" in w for w in report["warnings"])
+        assert {t["stage"] for t in report["timings"]} >= {"read", "preprocess", "segment", "measure"}
+    assert not [p for p in out.rglob("*") if p.name == "report.json"]  # nothing extra in the output folder
 
 
 def test_outputs_are_readable_by_other_users(tmp_path, phantom_case_dir):

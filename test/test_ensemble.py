@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from hecktor.manifest import ManifestError, load_manifest
+from hecktor.manifest import Manifest, ManifestError, load_manifest
 from hecktor.segment import build_engine
 from hecktor.segment.ensemble import EnsembleEngine, normalise_ct, normalise_pet
 from hecktor.segment.networks import build_network
@@ -43,7 +44,8 @@ def tiny_roi(shape: tuple[int, int, int] = ROI_SHAPE) -> Roi:
     pet = np.abs(rng.normal(1.0, 0.5, size=shape)).astype(np.float32)
     pet[:, :, :3] = 0.0  # outside the PET field of view
     pet[10:14, 12:16, 12:16] = 12.0  # a hot spot
-    return Roi(grid=grid, ct_hu=ct, pet_suv=pet, center_mm=(0.0, 0.0, -82.0), located_by="pet-brain")
+    return Roi(grid=grid, ct_hu=ct, pet_suv=pet, center_mm=(0.0, 0.0, -82.0), located_by="pet-brain",
+               midline_x_mm=0.0, midline_from="test")
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +66,15 @@ def test_manifest_says_random(stunet_dir: Path) -> None:
     members = raw["segmentation"]["ensemble"]["members"]
     assert all(m["model_card"]["description"] == RANDOM_MODEL_CARD for m in members)
     assert raw["segmentation"]["ensemble"]["trained_on_real_data"] is False
+
+
+def test_random_manifest_keeps_the_shipped_parameters(stunet_dir: Path, shipped_manifest: Manifest) -> None:
+    manifest = load_manifest(stunet_dir)
+    assert manifest.engine == "ensemble" and manifest.ensemble is not None
+    assert manifest.preprocess == shipped_manifest.preprocess
+    assert manifest.pet_threshold == shipped_manifest.pet_threshold
+    assert manifest.postprocess == shipped_manifest.postprocess
+    assert manifest.ensemble.mirror_axes == (2,) and manifest.ensemble.backend == "torch"
 
 
 def test_engine_gives_probabilities_on_the_roi_grid(stunet_dir: Path) -> None:
@@ -88,7 +99,7 @@ def test_ensemble_is_the_mean_of_its_members(stunet_dir: Path) -> None:
     both = EnsembleEngine(manifest.ensemble, stunet_dir, device="cpu").segment(roi).values
     singles = []
     for member in manifest.ensemble.members:
-        config = type(manifest.ensemble)(**{**manifest.ensemble.__dict__, "members": (member,)})
+        config = replace(manifest.ensemble, members=(member,))
         singles.append(EnsembleEngine(config, stunet_dir, device="cpu").segment(roi).values)
     np.testing.assert_allclose(both, (singles[0] + singles[1]) / 2, rtol=1e-5, atol=1e-6)
     assert not np.allclose(singles[0], singles[1])

@@ -49,12 +49,9 @@ MODEL_JSONS = ("rfs_model.json", "hpv_model.json")
 
 @pytest.fixture()
 def tiny_torch_dir(tmp_path: Path) -> Path:
-    """A one-member torch manifest plus the bundled Task 2/3 models and a top-level note, as a real folder has."""
+    """A one-member torch manifest plus the bundled Task 2/3 models, as a real folder has."""
     folder = tmp_path / "torch"
     make_random_weights(folder, members=1, arch_kwargs=THREE_LEVEL_STUNET, patch_size=(16, 16, 16))
-    raw = json.loads((folder / "manifest.json").read_text())
-    raw = {"description": "random test members", **raw, "rfs_model": "rfs_model.json", "hpv_model": "hpv_model.json"}
-    (folder / "manifest.json").write_text(json.dumps(raw))
     for name in MODEL_JSONS:
         shutil.copyfile(DEFAULT_WEIGHTS_DIR / name, folder / name)
     return folder
@@ -173,6 +170,8 @@ def _sub_roi_around_pet_max(roi: Roi, size: tuple[int, int, int]) -> Roi:
         pet_suv=np.ascontiguousarray(roi.pet_suv[window]),
         center_mm=roi.center_mm,
         located_by=roi.located_by,
+        midline_x_mm=roi.midline_x_mm,
+        midline_from=roi.midline_from,
         brain_bottom_mm=roi.brain_bottom_mm,
     )
 

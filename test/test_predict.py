@@ -5,12 +5,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from helpers import independent_linear_predictor
 
 from hecktor.manifest import DEFAULT_WEIGHTS_DIR, ManifestError
 from hecktor.metrics import harrell_c_index
@@ -119,47 +121,185 @@ def test_shipped_models_give_finite_outputs(models: ClinicalModels) -> None:
             assert pred.hpv_positive == (pred.hpv_probability >= models.hpv_threshold)
 
 
+# The model card is written by the training script from the same fits; it is the documentation the
+# shipped JSON must agree with (feature list, order, and coefficient per SD to the 4 decimals printed).
+MODEL_CARD = DEFAULT_WEIGHTS_DIR / "MODEL_CARD_clinical.md"
+CARD_SECTIONS = {"rfs": "## Task 2: RFS risk", "hpv": "## Task 3: HPV status"}
+VOLUME_SWEEP_ML = (0.0, 0.5, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0)
+
+
+def _card_coefficients(task: str) -> dict[str, float]:
+    """Feature -> coefficient per SD, from the feature table of one task section of the model card."""
+    section = MODEL_CARD.read_text().split(CARD_SECTIONS[task], 1)[1].split("\n## ", 1)[0]
+    rows = re.finditer(r"^\| `(\w+)` \| ([+-]\d+\.\d+) \|", section, flags=re.MULTILINE)
+    return {row[1]: float(row[2]) for row in rows}
+
+
+@pytest.mark.parametrize(("task", "path"), [("rfs", RFS_JSON), ("hpv", HPV_JSON)])
+def test_shipped_models_are_the_documented_ones(task: str, path: Path) -> None:
+    card = _card_coefficients(task)
+    model = json.loads(path.read_text())
+    assert list(card) == model["columns"]
+    assert [round(c, 4) for c in model["coefs"]] == pytest.approx(list(card.values()), abs=1e-9)
+    # Both tasks are documented to use both measured volumes, with a non-zero weight.
+    assert card["log_gtvp_volume"] != 0 and card["log_gtvn_volume"] != 0
+
+
 def _sweep(models: ClinicalModels, key: str, attr: str) -> np.ndarray:
-    values = [0.0, 0.5, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0]
     record = ClinicalRecord(age=60, gender_male=1, treatment_chemoradiotherapy=1, hpv_positive=1)
-    return np.array([getattr(predict(models, record, _measurements(**{key: v})), attr) for v in values])
+    return np.array([getattr(predict(models, record, _measurements(**{key: v})), attr) for v in VOLUME_SWEEP_ML])
 
 
+@pytest.mark.parametrize(("task", "attr"), [("rfs", "rfs_risk"), ("hpv", "hpv_probability")])
 @pytest.mark.parametrize(
-    ("key", "feature"), [("gtvn_volume_ml", "log_gtvn_volume"), ("gtvp_volume_ml", "log_gtvp_volume")]
+    ("key", "feature"), [("gtvp_volume_ml", "log_gtvp_volume"), ("gtvn_volume_ml", "log_gtvn_volume")]
 )
-def test_rfs_risk_moves_with_volume_as_the_learned_sign_says(models: ClinicalModels, key: str, feature: str) -> None:
-    """Larger volume must not lower the risk when the coefficient is positive (and vice versa)."""
-    if feature not in models.rfs.columns:
-        pytest.skip(f"the shipped RFS model does not use {feature}")
-    coef = models.rfs.coefs[models.rfs.columns.index(feature)]
-    steps = np.diff(_sweep(models, key, "rfs_risk"))
-    assert np.all(steps * np.sign(coef) >= -1e-12)
-    if coef != 0:
-        assert np.any(steps != 0)
-
-
-@pytest.mark.parametrize(
-    ("key", "feature"), [("gtvn_volume_ml", "log_gtvn_volume"), ("gtvp_volume_ml", "log_gtvp_volume")]
-)
-def test_hpv_probability_moves_with_volume_as_the_learned_sign_says(
-    models: ClinicalModels, key: str, feature: str
+def test_shipped_outputs_move_with_volume_as_documented(
+    models: ClinicalModels, task: str, attr: str, key: str, feature: str
 ) -> None:
-    if feature not in models.hpv.columns:
-        pytest.skip(f"the shipped HPV model does not use {feature}")
-    coef = models.hpv.coefs[models.hpv.columns.index(feature)]
-    steps = np.diff(_sweep(models, key, "hpv_probability"))
-    assert np.all(steps * np.sign(coef) >= -1e-12)
+    """Strictly monotonic in the card's direction over a range the z-clip does not reach.
+
+    Fails for a constant output, for swapped GTVp/GTVn inputs (the HPV weights have opposite signs)
+    and for a flipped risk sign.
+    """
+    steps = np.diff(_sweep(models, key, attr))
+    assert np.all(np.sign(_card_coefficients(task)[feature]) * steps > 0), steps
 
 
-def test_hpv_status_lowers_rfs_risk_if_the_model_learned_so(models: ClinicalModels) -> None:
-    if "hpv_positive" not in models.rfs.columns:
-        pytest.skip("the shipped RFS model does not use HPV status")
-    coef = models.rfs.coefs[models.rfs.columns.index("hpv_positive")]
+def test_shipped_rfs_risk_follows_the_documented_hpv_sign(models: ClinicalModels) -> None:
+    coef = _card_coefficients("rfs")["hpv_positive"]
     m = _measurements()
     pos = predict(models, ClinicalRecord(age=60, hpv_positive=1), m).rfs_risk
     neg = predict(models, ClinicalRecord(age=60, hpv_positive=0), m).rfs_risk
-    assert np.sign(neg - pos) == -np.sign(coef)
+    assert coef != 0 and np.sign(pos - neg) == np.sign(coef)
+
+
+@pytest.mark.parametrize(
+    ("record", "measurements", "known"),
+    [
+        (
+            ClinicalRecord(age=66, gender_male=1, tobacco=1, alcohol=0, performance_status=2,
+                           treatment_chemoradiotherapy=1, hpv_positive=0),
+            _measurements(gtvp_volume_ml=12.0, gtvn_volume_ml=30.0, gtvp_suvmax=15.0, gtvn_suvmax=7.0),
+            {"age": 66, "gender_male": 1, "tobacco": 1, "alcohol": 0, "performance_status": 2,
+             "treatment_chemoradiotherapy": 1, "hpv_positive": 0, "log_gtvp_volume": math.log(13.0),
+             "log_gtvn_volume": math.log(31.0), "log_gtvp_suvmax": math.log(15.0), "log_gtvn_suvmax": math.log(7.0)},
+        ),
+        (ClinicalRecord(age=48, hpv_positive=1), None, {"age": 48, "hpv_positive": 1}),
+        (ClinicalRecord(), None, {}),
+        (ClinicalRecord(), _measurements(gtvp_volume_ml=0.0, gtvn_volume_ml=0.0, gtvp_suvmax=None, gtvn_suvmax=500.0),
+         {"log_gtvp_volume": 0.0, "log_gtvn_volume": 0.0}),
+    ],
+    ids=["all_known", "no_measurements", "nothing_known", "zero_volumes"],
+)  # fmt: skip
+def test_shipped_predictions_equal_the_documented_formula(
+    models: ClinicalModels, record: ClinicalRecord, measurements: Measurements | None, known: dict[str, float]
+) -> None:
+    rfs = json.loads(RFS_JSON.read_text())
+    hpv = json.loads(HPV_JSON.read_text())
+    pred = predict(models, record, measurements)
+    assert pred.rfs_risk == pytest.approx(independent_linear_predictor(rfs, known), rel=1e-12, abs=1e-12)
+    probability = 1.0 / (1.0 + math.exp(-independent_linear_predictor(hpv, known)))
+    assert pred.hpv_probability == pytest.approx(probability, rel=1e-12)
+    assert pred.hpv_positive == (probability >= hpv["threshold"])
+
+
+# --------------------------------------------------------------------------- synthetic models, by hand
+# Known coefficients, means 0 and SD 1 (age: mean 60, SD 10) so that each term is easy to write out.
+# Volumes are given as expm1(k) mL so that log1p(volume) = k exactly enough for the hand sums below.
+
+SYNTHETIC_RFS = {
+    "kind": "cox_ph_ridge",
+    "columns": ["age", "log_gtvp_volume", "log_gtvn_volume", "hpv_positive", "hpv_positive_missing"],
+    "medians": {"age": 60.0, "log_gtvp_volume": 1.5, "log_gtvn_volume": 0.5, "hpv_positive": 1.0},
+    "means": [60.0, 0.0, 0.0, 0.0, 0.0],
+    "stds": [10.0, 1.0, 1.0, 1.0, 1.0],
+    "coefs": [0.2, 1.0, 0.25, -0.5, 0.1],
+    "intercept": 0.0,
+    "z_clip": 5.0,
+}
+SYNTHETIC_HPV = {
+    "kind": "logistic_l2_balanced",
+    "columns": ["log_gtvp_volume", "log_gtvn_volume", "log_gtvp_volume_missing"],
+    "medians": {"log_gtvp_volume": 2.0, "log_gtvn_volume": 1.0},
+    "means": [0.0, 0.0, 0.0],
+    "stds": [1.0, 1.0, 1.0],
+    "coefs": [-1.0, 0.5, 0.7],
+    "intercept": 0.3,
+    "z_clip": 5.0,
+    "threshold": 0.4,
+}
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> ClinicalModels:
+    folder = tmp_path_factory.mktemp("synthetic_models")
+    (folder / "rfs.json").write_text(json.dumps(SYNTHETIC_RFS))
+    (folder / "hpv.json").write_text(json.dumps(SYNTHETIC_HPV))
+    return load_clinical_models(folder / "rfs.json", folder / "hpv.json")
+
+
+def _volumes(log_gtvp: float, log_gtvn: float) -> Measurements:
+    return _measurements(gtvp_volume_ml=math.expm1(log_gtvp), gtvn_volume_ml=math.expm1(log_gtvn))
+
+
+@pytest.mark.parametrize(
+    ("record", "measurements", "risk", "logit", "positive"),
+    [
+        # risk  = 0.2*(70-60)/10 + 1.0*2.0 + 0.25*0.4 - 0.5*0 + 0.1*0      = 0.2 + 2.0 + 0.1        = 2.3
+        # logit = 0.3 - 1.0*2.0 + 0.5*0.4 + 0.7*0                           = -1.5; p = 0.182 < 0.4
+        (ClinicalRecord(age=70, hpv_positive=0), _volumes(2.0, 0.4), 2.3, -1.5, False),
+        # age and HPV unknown: age -> median 60 (term 0), HPV -> median 1 and indicator 1
+        # risk  = 0 + 1.0*1.0 + 0.25*0.8 - 0.5*1 + 0.1*1                   = 1.0 + 0.2 - 0.5 + 0.1  = 0.8
+        # logit = 0.3 - 1.0 + 0.5*0.8                                       = -0.3; p = 0.426 >= 0.4
+        (ClinicalRecord(), _volumes(1.0, 0.8), 0.8, -0.3, True),
+        # z clipped at 5: age 130 -> z 7 -> 5; log GTVp 8 -> 5
+        # risk  = 0.2*5 + 1.0*5 + 0.25*0 - 0.5*1 + 0.1*0                   = 1.0 + 5.0 - 0.5        = 5.5
+        # logit = 0.3 - 5 + 0                                               = -4.7
+        (ClinicalRecord(age=130, hpv_positive=1), _volumes(8.0, 0.0), 5.5, -4.7, False),
+        # no measurements: GTVp -> 1.5 / 2.0, GTVn -> 0.5 / 1.0 (medians), HPV model's indicator 1
+        # risk  = 0.2*(80-60)/10 + 1.0*1.5 + 0.25*0.5 - 0.5*0 + 0.1*0      = 0.4 + 1.5 + 0.125      = 2.025
+        # logit = 0.3 - 1.0*2.0 + 0.5*1.0 + 0.7*1                           = -0.5; p = 0.378 < 0.4
+        (ClinicalRecord(age=80, hpv_positive=0), None, 2.025, -0.5, False),
+        # nothing known at all
+        # risk  = 0 + 1.5 + 0.125 - 0.5*1 + 0.1*1                          = 1.225
+        (ClinicalRecord(), None, 1.225, -0.5, False),
+    ],
+    ids=["known", "clinical_unknown", "clipped", "no_measurements", "nothing_known"],
+)
+def test_synthetic_models_by_hand(
+    synthetic: ClinicalModels,
+    record: ClinicalRecord,
+    measurements: Measurements | None,
+    risk: float,
+    logit: float,
+    positive: bool,
+) -> None:
+    pred = predict(synthetic, record, measurements)
+    assert pred.rfs_risk == pytest.approx(risk, abs=1e-12)
+    assert pred.details["hpv_logit"] == pytest.approx(logit, abs=1e-12)
+    assert pred.hpv_probability == pytest.approx(1.0 / (1.0 + math.exp(-logit)), abs=1e-12)
+    assert pred.hpv_positive is positive
+
+
+def test_no_measurements_means_every_image_feature_is_imputed(synthetic: ClinicalModels) -> None:
+    """None is 'not measured': it counts as imputed and equals implausible (hence unknown) measurements."""
+    record = ClinicalRecord(age=80, hpv_positive=0)
+    without = predict(synthetic, record, None)
+    assert without.details["n_imputed_features"] == 2  # both volumes; age and HPV are known
+    assert predict(synthetic, ClinicalRecord(), None).details["n_imputed_features"] == 4
+    implausible = _measurements(gtvp_volume_ml=-1.0, gtvn_volume_ml=float("nan"))
+    same = predict(synthetic, record, implausible)
+    assert (same.rfs_risk, same.hpv_probability) == (without.rfs_risk, without.hpv_probability)
+    zero = predict(synthetic, record, _volumes(0.0, 0.0))  # measured zero volume is NOT unknown
+    assert zero.rfs_risk == pytest.approx(0.4)  # 0.2*2 + 0 + 0 - 0 + 0
+
+
+def test_shipped_models_predict_without_measurements(models: ClinicalModels) -> None:
+    pred = predict(models, ClinicalRecord(age=60, hpv_positive=1), None)
+    assert math.isfinite(pred.rfs_risk) and 0.0 < pred.hpv_probability < 1.0
+    used = {c.removesuffix(MISSING_SUFFIX) for c in (*models.rfs.columns, *models.hpv.columns)}
+    assert pred.details["n_imputed_features"] == len(used - {"age", "hpv_positive"})  # all but the two given
 
 
 # --------------------------------------------------------------------------- features and imputation
@@ -177,6 +317,9 @@ def test_raw_features_reject_implausible_measurements() -> None:
     assert raw["log_gtvp_volume"] is None and raw["log_total_volume"] is None
     assert raw["log_gtvn_volume"] == pytest.approx(math.log1p(4.0))
     assert raw["log_gtvp_suvmax"] is None and raw["log_gtvn_suvmax"] is None
+    # a bool is no volume, and an integer beyond the float range is no SUV (float() would overflow)
+    raw = raw_features(ClinicalRecord(), {"gtvp_volume_ml": True, "gtvn_volume_ml": 10**400, "gtvp_suvmax": 10**400})
+    assert raw["log_gtvp_volume"] is None and raw["log_gtvn_volume"] is None and raw["log_gtvp_suvmax"] is None
 
 
 def test_design_matrix_imputes_median_and_flags_missing() -> None:
@@ -190,14 +333,24 @@ def test_design_matrix_imputes_median_and_flags_missing() -> None:
 
 
 def test_unknown_clinical_values_equal_median_values(models: ClinicalModels) -> None:
-    """Imputation is by training median: an unknown age scores like the median age."""
-    if "age" not in models.hpv.columns and "age" not in models.rfs.columns:
-        pytest.skip("no model uses age")
-    median = models.rfs.medians.get("age", models.hpv.medians.get("age"))
+    """Imputation is by training median: an unknown value scores like the median, for every clinical
+    column of the shipped models that has no missing indicator (with one, unknown differs by its term)."""
     m = _measurements()
-    a = predict(models, ClinicalRecord(age=None), m)
-    b = predict(models, ClinicalRecord(age=median), m)
-    assert a.rfs_risk == pytest.approx(b.rfs_risk) and a.hpv_probability == pytest.approx(b.hpv_probability)
+    clinical = set(ClinicalRecord.__dataclass_fields__) - {"center_id"}
+    checked = 0
+    for model in (models.rfs, models.hpv):
+        for column in set(model.columns) & clinical:
+            median = model.medians[column]
+            unknown = model.linear_predictor(raw_features(ClinicalRecord(), m.as_dict()))
+            at_median = model.linear_predictor(raw_features(ClinicalRecord(**{column: median}), m.as_dict()))
+            indicator = column + MISSING_SUFFIX
+            if indicator in model.columns:
+                i = model.columns.index(indicator)  # indicator 1 instead of 0: coef * (1 - 0) / SD
+                assert unknown - at_median == pytest.approx(model.coefs[i] / model.stds[i], abs=1e-12)
+            else:
+                assert unknown == pytest.approx(at_median, abs=1e-12)
+            checked += 1
+    assert checked >= 5  # the shipped RFS model uses age, gender, treatment, HPV, tobacco, alcohol, PS
 
 
 # --------------------------------------------------------------------------- C-index sign

@@ -1,4 +1,4 @@
-"""Reading cases: both layouts, and every kind of bad input gives a clear InputError."""
+"""Reading cases: both layouts, header checks before any pixel is read, and what is recoverable."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from hecktor.read import find_case_files, read_case
+from hecktor.read import MAX_VOXELS, find_case_files, read_case, read_image
 from hecktor.types import InputError
 
 
@@ -19,14 +19,14 @@ def test_platform_layout_is_read(phantom_case_dir):
     assert case.case_id == "phantom"
     assert case.ct.GetSize() == (120, 120, 110)
     assert case.clinical.age == 56
-    assert case.notes == ()
+    assert case.problems == ()
 
 
 def test_training_layout_is_read(tmp_path, phantom):
     sitk.WriteImage(phantom.ct, str(tmp_path / "CHUM-001__CT.nii.gz"))
     sitk.WriteImage(phantom.pet, str(tmp_path / "CHUM-001__PT.nii.gz"))
-    files = find_case_files(tmp_path)
-    assert files.case_id == "CHUM-001" and files.ehr is None
+    files, problems = find_case_files(tmp_path)
+    assert files.case_id == "CHUM-001" and files.ehr is None and problems == []
 
 
 def _copy_case(src: Path, dst: Path) -> Path:
@@ -42,43 +42,91 @@ def _copy_case(src: Path, dst: Path) -> Path:
         (lambda d: shutil.copy(next((d / "images/pet").iterdir()), d / "images/pet/second.mha"),
          "exactly one PET image, found 2"),
         (lambda d: (d / "images/ct/phantom.mha").write_bytes(b"not an image"), "cannot read the CT image"),
-        (lambda d: (d / "ehr.json").write_text("{not json"), "ehr.json"),
     ],
-    ids=["missing-pet", "empty-ct-folder", "two-pet-files", "corrupt-ct", "unparsable-ehr"],
+    ids=["missing-pet", "empty-ct-folder", "two-pet-files", "corrupt-ct"],
 )
-def test_bad_inputs_raise_input_error_naming_the_problem(tmp_path, phantom_case_dir, damage, message):
+def test_unrecoverable_inputs_raise_input_error_naming_the_problem(tmp_path, phantom_case_dir, damage, message):
     case_dir = _copy_case(phantom_case_dir, tmp_path / "case")
     damage(case_dir)
     with pytest.raises(InputError, match=message):
         read_case(case_dir)
 
 
-def test_nan_voxels_are_refused(tmp_path, phantom_case_dir, phantom):
+def test_nan_voxels_are_replaced_and_reported(tmp_path, phantom_case_dir, phantom):
     case_dir = _copy_case(phantom_case_dir, tmp_path / "case")
     array = sitk.GetArrayFromImage(phantom.pet)
     array[10, 10, 10] = np.nan
+    array[11, 10, 10] = np.inf
     bad = sitk.GetImageFromArray(array)
     bad.CopyInformation(phantom.pet)
     sitk.WriteImage(bad, str(case_dir / "images/pet/phantom.mha"))
-    with pytest.raises(InputError, match=r"phantom\.mha: the PET image has 1 NaN"):
-        read_case(case_dir)
+    case = read_case(case_dir)
+    (problem,) = case.problems
+    assert problem.code == "non-finite-voxels" and "2 NaN or infinite" in problem.problem
+    values = sitk.GetArrayFromImage(case.pet)
+    assert np.isfinite(values).all() and values[10, 10, 10] == 0.0 and values[11, 10, 10] == 0.0
 
 
-def test_2d_image_is_refused(tmp_path, phantom_case_dir):
-    case_dir = _copy_case(phantom_case_dir, tmp_path / "case")
-    sitk.WriteImage(sitk.Image([64, 64], sitk.sitkInt16), str(case_dir / "images/ct/phantom.mha"))
-    with pytest.raises(InputError, match="the CT image is 2-D"):
-        read_case(case_dir)
-
-
-def test_missing_ehr_is_tolerated(tmp_path, phantom_case_dir):
+def test_missing_ehr_is_not_a_problem(tmp_path, phantom_case_dir):
     case_dir = _copy_case(phantom_case_dir, tmp_path / "case")
     (case_dir / "ehr.json").unlink()
-    assert read_case(case_dir).clinical.age is None
+    case = read_case(case_dir)
+    assert case.clinical.age is None and case.problems == ()
 
 
-def test_ehr_that_is_not_an_object_is_refused(tmp_path, phantom_case_dir):
+@pytest.mark.parametrize("content", ["{not json", json.dumps([1, 2, 3]), "[" * 5000 + "]" * 5000])
+def test_unusable_ehr_is_recoverable(tmp_path, phantom_case_dir, content):
     case_dir = _copy_case(phantom_case_dir, tmp_path / "case")
-    (case_dir / "ehr.json").write_text(json.dumps([1, 2, 3]))
-    with pytest.raises(InputError, match=r"ehr\.json"):
-        read_case(case_dir)
+    (case_dir / "ehr.json").write_text(content)
+    case = read_case(case_dir)
+    assert [p.code for p in case.problems] == ["ehr-unusable"]
+    assert case.problems[0].path == case_dir / "ehr.json"
+    assert case.clinical.age is None
+
+
+def _meta_header(data_file: str, size=(4, 4, 4)) -> str:
+    return ("ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+            "CompressedData = False\nTransformMatrix = 1 0 0 0 1 0 0 0 1\nOffset = 0 0 0\nElementSpacing = 1 1 1\n"
+            f"DimSize = {size[0]} {size[1]} {size[2]}\nElementType = MET_UCHAR\nElementDataFile = {data_file}\n")
+
+
+@pytest.mark.parametrize("reference", ["../outside.raw", "{outside}", "LIST\n../outside.raw"],
+                         ids=["relative", "absolute", "list"])
+def test_header_taking_pixels_from_outside_the_input_folder_is_refused(tmp_path, reference):
+    outside = tmp_path / "outside.raw"
+    outside.write_bytes(bytes(64))
+    root = tmp_path / "input"
+    root.mkdir()
+    header = root / "ct.mha"
+    header.write_text(_meta_header(reference.format(outside=outside)))
+    with pytest.raises(InputError, match=r"ct\.mha: the image header takes its pixel data from .*outside the input"):
+        read_image(header, "CT", root)
+
+
+def test_detached_pixels_inside_the_input_folder_are_read(tmp_path):
+    root = tmp_path / "input"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "pixels.raw").write_bytes(bytes(range(64)))
+    header = root / "ct.mha"
+    header.write_text(_meta_header("data/pixels.raw"))
+    image, problems = read_image(header, "CT", root)
+    assert problems == [] and float(sitk.GetArrayViewFromImage(image).max()) == 63.0
+
+
+def test_a_header_claiming_too_many_voxels_is_refused_before_reading(tmp_path):
+    header = tmp_path / "ct.mha"
+    side = round(MAX_VOXELS ** (1 / 3)) + 10
+    header.write_text(_meta_header("LOCAL", (side, side, side)))  # no pixel data follows
+    with pytest.raises(InputError, match="voxels"):
+        read_image(header, "CT", tmp_path)
+
+
+def test_truncated_pixel_data_is_reported_with_the_whole_itk_reason(tmp_path, phantom):
+    path = tmp_path / "ct.mha"
+    sitk.WriteImage(phantom.ct, str(path))
+    path.write_bytes(path.read_bytes()[:-500])
+    with pytest.raises(InputError) as error:
+        read_image(path, "CT", tmp_path)
+    message = str(error.value)
+    assert "ct.mha" in message and "pixel data" in message
+    assert "\n" not in message and "0x" not in message  # one line, no C++ object addresses

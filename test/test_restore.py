@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import SimpleITK as sitk
 
 from hecktor.geometry import make_grid
-from hecktor.manifest import PostprocessConfig
+from hecktor.manifest import Manifest, PostprocessConfig
 from hecktor.restore import compose_labels, postprocess_labels, restore_to_ct_grid
 from hecktor.types import Probabilities
 
@@ -38,7 +40,7 @@ def _oblique_ct() -> sitk.Image:
     return ct
 
 
-def test_restored_labels_have_exactly_the_ct_geometry_and_land_in_the_right_place():
+def test_restored_labels_have_exactly_the_ct_geometry_and_land_in_the_right_place(shipped_manifest: Manifest):
     ct = _oblique_ct()
     centre = np.asarray(ct.TransformContinuousIndexToPhysicalPoint([30, 25, 20]))
     grid = make_grid(centre, (40, 40, 60), 1.0, np.eye(3))
@@ -47,7 +49,8 @@ def test_restored_labels_have_exactly_the_ct_geometry_and_land_in_the_right_plac
     # A 16 mm cube of GTVp at the ROI centre.
     values[0, 22:38, 12:28, 12:28] = 0.0
     values[1, 22:38, 12:28, 12:28] = 1.0
-    labels = restore_to_ct_grid(Probabilities(grid, values, "test"), ct, PostprocessConfig(min_component_voxels=1))
+    config = replace(shipped_manifest.postprocess, min_component_voxels=1)
+    labels = restore_to_ct_grid(Probabilities(grid, values, "test"), ct, config)
     assert labels.GetSize() == ct.GetSize()
     assert labels.GetSpacing() == ct.GetSpacing()
     assert labels.GetOrigin() == ct.GetOrigin()
@@ -59,16 +62,16 @@ def test_restored_labels_have_exactly_the_ct_geometry_and_land_in_the_right_plac
     assert abs(volume_ml - 16**3 / 1000.0) < 0.35 * 16**3 / 1000.0
 
 
-def test_empty_probabilities_give_an_all_background_image():
+def test_empty_probabilities_give_an_all_background_image(shipped_manifest: Manifest):
     ct = _oblique_ct()
     grid = make_grid(np.asarray(ct.TransformContinuousIndexToPhysicalPoint([30, 25, 20])), (8, 8, 8), 1.0, np.eye(3))
     values = np.zeros((3, 8, 8, 8), dtype=np.float32)
     values[0] = 1.0
-    labels = restore_to_ct_grid(Probabilities(grid, values, "test"), ct, PostprocessConfig())
+    labels = restore_to_ct_grid(Probabilities(grid, values, "test"), ct, shipped_manifest.postprocess)
     assert not sitk.GetArrayViewFromImage(labels).any()
 
 
-def test_restoring_only_the_lesion_box_equals_restoring_the_whole_roi():
+def test_restoring_only_the_lesion_box_equals_restoring_the_whole_roi(shipped_manifest: Manifest):
     """The candidate-box shortcut must not change a single voxel (soft, overlapping probabilities)."""
     from hecktor.geometry import image_on_grid, resample_to_grid
 
@@ -80,7 +83,7 @@ def test_restoring_only_the_lesion_box_equals_restoring_the_whole_roi():
     blob_n = np.exp(-(((zz - 24) / 4.0) ** 2 + ((yy - 26) / 4.0) ** 2 + ((xx - 24) / 3.0) ** 2))
     lesion = np.stack([blob_p, blob_n]) * 0.9
     values = np.concatenate([1.0 - lesion.sum(axis=0, keepdims=True).clip(max=1.0), lesion]).astype(np.float32)
-    config = PostprocessConfig(min_component_voxels=1)
+    config = replace(shipped_manifest.postprocess, min_component_voxels=1)
     fast = sitk.GetArrayFromImage(restore_to_ct_grid(Probabilities(grid, values, "test"), ct, config))
     whole = np.stack([
         sitk.GetArrayFromImage(resample_to_grid(image_on_grid(values[c], grid), ct, "linear", 1.0 if c == 0 else 0.0))

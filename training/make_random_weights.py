@@ -10,24 +10,42 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
 from safetensors.torch import save as save_safetensors
 
+from hecktor.manifest import (
+    CHALLENGE_LABELS,
+    DEFAULT_WEIGHTS_DIR,
+    MANIFEST_NAME,
+    load_manifest,
+    manifest_from_json,
+    manifest_json,
+    write_manifest,
+)
 from hecktor.segment.networks import build_network, count_parameters
 from hecktor.segment.onnx_export import export_member_to_onnx, member_in_channels
 
-__all__ = ["DEFAULT_CT_NORMALISATION", "RANDOM_MODEL_CARD", "make_random_weights"]
+__all__ = ["DEFAULT_CT_NORMALISATION", "RANDOM_ENSEMBLE_OPTIONS", "RANDOM_MODEL_CARD", "make_random_weights"]
 
 log = logging.getLogger(__name__)
 
 RANDOM_MODEL_CARD = "randomly initialised, not trained"
 # HECKTOR foreground CT statistics of the form nnU-Net records (values of the STU-Net HECKTOR plans).
-DEFAULT_CT_NORMALISATION = {"mean": 37.31, "std": 45.56, "lower": -135.32, "upper": 161.06}
+DEFAULT_CT_NORMALISATION: Mapping[str, float] = MappingProxyType(
+    {"mean": 37.31, "std": 45.56, "lower": -135.32, "upper": 161.06}
+)
+# The ensemble options of a random manifest unless ``ensemble_options`` overrides them. Whole-ROI stays off:
+# InstanceNorm over the whole ROI changes the output (see hecktor.manifest.EnsembleConfig).
+RANDOM_ENSEMBLE_OPTIONS: Mapping[str, Any] = MappingProxyType(
+    {"overlap": 0.5, "mirror_axes": (), "batch_size": 2, "whole_roi_if_fits": False}
+)
+RANDOM_DESCRIPTION = "Randomly initialised ensemble, NOT trained: for tests and benchmarks only."
 
 
 def _member_file(
@@ -59,7 +77,16 @@ def make_random_weights(
         patch_size: sliding-window patch (z, y, x).
         seed: torch seed of the first member.
         onnx: write ``.onnx`` members and select the ``onnxruntime`` backend instead of safetensors/torch.
-        ensemble_options: extra ``segmentation.ensemble`` keys (overlap, mirror_axes, batch_size, ...).
+        ensemble_options: ``segmentation.ensemble`` options (overlap, mirror_axes, batch_size, whole_roi_if_fits)
+            replacing :data:`RANDOM_ENSEMBLE_OPTIONS`; the backend follows ``onnx``, trained_on_real_data is false.
+
+    The preprocessing, PET-threshold and post-processing sections are those of the shipped manifest
+    (``model_weights/manifest.json``); the manifest names the shipped Task 2/3 model files, which the
+    caller copies into ``out_dir`` if it needs them.
+
+    Raises:
+        ManifestError: the options or arguments do not make a valid manifest (nothing is written then
+            but the member files).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +108,8 @@ def make_random_weights(
                 "patch_size": list(patch_size),
                 "weights": file_name,
                 "sha256": hashlib.sha256(data).hexdigest(),
-                "ct_normalisation": DEFAULT_CT_NORMALISATION,
+                "ct_normalisation": dict(DEFAULT_CT_NORMALISATION),
+                "labels": dict(CHALLENGE_LABELS),
                 "model_card": {
                     "description": RANDOM_MODEL_CARD,
                     "purpose": "tests and benchmarks only; outputs are meaningless",
@@ -90,15 +118,19 @@ def make_random_weights(
             }
         )
     ensemble = {
+        **RANDOM_ENSEMBLE_OPTIONS,
+        **(ensemble_options or {}),
         "backend": "onnxruntime" if onnx else "torch",
         "trained_on_real_data": False,
-        **(ensemble_options or {}),
         "members": entries,
     }
-    manifest = {"segmentation": {"engine": "ensemble", "ensemble": ensemble}}
-    path = out_dir / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return path
+    shipped = manifest_json(load_manifest(DEFAULT_WEIGHTS_DIR))
+    document = {
+        **shipped,
+        "description": RANDOM_DESCRIPTION,
+        "segmentation": {**shipped["segmentation"], "engine": "ensemble", "ensemble": ensemble},
+    }
+    return write_manifest(manifest_from_json(document, out_dir, f"random manifest for {out_dir / MANIFEST_NAME}"))
 
 
 def main(argv: list[str] | None = None) -> None:

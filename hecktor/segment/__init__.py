@@ -31,4 +31,4 @@ def build_engine(manifest: Manifest, device: str | None = None) -> SegmentationE
         return EnsembleEngine(manifest.ensemble, manifest.weights_dir, device=device)
     from hecktor.segment.pet_threshold import PetThresholdEngine
 
-    return PetThresholdEngine(manifest.pet_threshold, manifest.preprocess)
+    return PetThresholdEngine(manifest.pet_threshold)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hecktor.manifest import EnsembleConfig, ManifestError, MemberConfig
+from hecktor.manifest import CHALLENGE_LABELS, EnsembleConfig, ManifestError, MemberConfig
 from hecktor.segment.networks import build_network, count_parameters, input_divisor
 from hecktor.segment.sliding_window import Predictor, WindowSettings, sliding_window_inference
 from hecktor.segment.weights import OnnxPredictor, load_onnx, load_safetensors
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 _CT_KEYS = ("mean", "std", "lower", "upper")
 _WHOLE_ROI_MULTIPLE = 32
-_BACKEND_SUFFIX = {"torch": ".safetensors", "onnxruntime": ".onnx"}
 
 
 def available_cpus() -> int:
@@ -151,22 +150,18 @@ class EnsembleEngine:
         num_threads: int | None = None,
         cpu_bf16: bool = False,
     ):
-        if not config.members:
-            raise ManifestError("ensemble has no members")
-        if config.backend not in _BACKEND_SUFFIX:
-            raise ManifestError(f"ensemble backend must be one of {sorted(_BACKEND_SUFFIX)}, got {config.backend!r}")
+        # The manifest schema guarantees members, backend, file suffixes, label maps and normalisation keys.
         self.trained_on_real_data = bool(config.trained_on_real_data)
         self._config = config
         self._device = torch.device(device) if device is not None else _default_device()
         self._num_threads = num_threads or available_cpus()
         torch.set_num_threads(self._num_threads)
         self._autocast = _autocast_dtype(self._device, cpu_bf16)
-        self._labels = dict(config.members[0].labels)
         self._members = tuple(self._load_member(m, Path(weights_dir)) for m in config.members)
 
     @property
     def num_classes(self) -> int:
-        return len(self._labels)
+        return len(CHALLENGE_LABELS)
 
     def _settings(self, member: MemberConfig, divisor: tuple[int, int, int], whole_roi: bool) -> WindowSettings:
         return WindowSettings(
@@ -179,14 +174,6 @@ class EnsembleEngine:
         )
 
     def _load_member(self, member: MemberConfig, weights_dir: Path) -> _Member:
-        if dict(member.labels) != self._labels:
-            raise ManifestError(f"member {member.name!r}: labels {member.labels} differ from {self._labels}")
-        suffix = _BACKEND_SUFFIX[self._config.backend]
-        if not member.weights.endswith(suffix):
-            raise ManifestError(
-                f"member {member.name!r}: backend {self._config.backend!r} needs a {suffix} file, got {member.weights}"
-            )
-        normalise_ct(np.zeros((1, 1, 1), np.float32), member.ct_normalisation)  # validates the keys now
         if self._config.backend == "onnxruntime":
             return self._load_onnx_member(member, weights_dir)
         network = build_torch_network(member, weights_dir).to(self._device)

@@ -2,10 +2,10 @@
 
 :func:`export_manifest_to_onnx` turns a folder whose manifest lists torch (safetensors) members into a
 self-contained folder for the ``onnxruntime`` backend: one ``<member name>.onnx`` per member, the
-Task 2/3 model files, and a copy of the manifest with the backend switched and each member's
-``weights``/``sha256`` replaced. Every member is loaded through the engine's hash-checked path, so
-only weights that match the manifest are exported. Every file is written to a temporary name, then
-renamed; ``manifest.json`` is written last.
+Task 2/3 model files, and the manifest with the backend switched and each member's ``weights``/``sha256``
+replaced, written by :func:`hecktor.manifest.write_manifest` (the schema that loads it). Every member is
+loaded through the engine's hash-checked path, so only weights that match the manifest are exported.
+Every file is written to a temporary name, then renamed; ``manifest.json`` is written last.
 
 Instance and group norms are exported as :class:`CentredNorm` (plain ONNX reductions and arithmetic),
 not as ONNX ``InstanceNormalization``: ONNX Runtime's CPU kernel for that op sums each channel in
@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
 import shutil
 import warnings
+from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hecktor.manifest import ManifestError, MemberConfig, load_manifest, read_model_json
+from hecktor.manifest import MANIFEST_NAME, ManifestError, MemberConfig, load_manifest, write_manifest
 from hecktor.segment.ensemble import build_torch_network
 from hecktor.segment.networks import input_divisor
 from hecktor.write import atomic_write
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
 _DYNAMIC_AXES = {0: "batch", 2: "z", 3: "y", 4: "x"}
-_MODEL_JSON_KEYS = {"rfs_model": "rfs_model.json", "hpv_model": "hpv_model.json"}  # manifest key -> default
 
 
 def member_in_channels(arch_kwargs: dict[str, Any]) -> int:
@@ -164,30 +163,28 @@ def _onnx_file_name(member: MemberConfig, taken: set[str]) -> str:
     return name
 
 
-def _export_member(member: MemberConfig, weights_dir: Path, target: Path) -> str:
-    """Export one hash-checked torch member to ``target``; return the sha256 of the written file."""
+def _export_member(member: MemberConfig, weights_dir: Path, out_dir: Path, taken: set[str]) -> MemberConfig:
+    """Export one hash-checked torch member into ``out_dir``; return its entry for the exported manifest."""
+    file_name = _onnx_file_name(member, taken)
     network = build_torch_network(member, weights_dir)
     example = trace_shape(network, member.patch_size)
     data = export_member_to_onnx(network, member_in_channels(dict(member.arch_kwargs)), example)
-    atomic_write(target, lambda tmp: tmp.write_bytes(data))
-    log.info("exported %s -> %s (%.1f MB)", member.name, target, len(data) / 1e6)
-    return hashlib.sha256(data).hexdigest()
+    atomic_write(out_dir / file_name, lambda tmp: tmp.write_bytes(data))
+    log.info("exported %s -> %s (%.1f MB)", member.name, out_dir / file_name, len(data) / 1e6)
+    return replace(member, weights=file_name, sha256=hashlib.sha256(data).hexdigest())
 
 
-def _copy_model_json(raw: dict[str, Any], key: str, weights_dir: Path, out_dir: Path) -> None:
-    """Copy a Task 2/3 model file next to the exported manifest; point ``raw[key]`` at the copy.
+def _copy_model_json(source: Path, key: str, out_dir: Path) -> Path:
+    """Copy a Task 2/3 model file into ``out_dir`` under its own name; return the copy's path.
 
-    The copy takes the file's own name, so the manifest entry changes only when it named a
-    sub-folder or an absolute path. A file absent from the source folder is left out (with a warning).
+    A file absent from the source folder is left out (with a warning); the manifest still names it.
     """
-    named = str(raw.get(key, _MODEL_JSON_KEYS[key]))
-    source = weights_dir / named
-    if not source.is_file():
+    target = out_dir / source.name
+    if source.is_file():
+        atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
+    else:
         log.warning("%s: %s not found; the exported folder has no %s either", source, key, key)
-        return
-    atomic_write(out_dir / source.name, lambda tmp: shutil.copyfile(source, tmp))
-    if named != source.name:
-        raw[key] = source.name
+    return target
 
 
 def export_manifest_to_onnx(weights_dir: Path, out_dir: Path) -> Path:
@@ -202,7 +199,7 @@ def export_manifest_to_onnx(weights_dir: Path, out_dir: Path) -> Path:
             ``onnxruntime`` backend, or a member's weights fail their hash check or do not fit.
     """
     weights_dir, out_dir = Path(weights_dir), Path(out_dir)
-    manifest_path = weights_dir / "manifest.json"
+    manifest_path = weights_dir / MANIFEST_NAME
     manifest = load_manifest(weights_dir)
     ensemble = manifest.ensemble
     if ensemble is None or not ensemble.members:
@@ -212,18 +209,14 @@ def export_manifest_to_onnx(weights_dir: Path, out_dir: Path) -> Path:
     if out_dir.resolve() == weights_dir.resolve():
         raise ManifestError(f"{out_dir}: the ONNX export needs its own folder, not the source weights folder")
 
-    raw = read_model_json(manifest_path, "model manifest")
-    raw_members = raw["segmentation"]["ensemble"]["members"]
     out_dir.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
-    for member, entry in zip(ensemble.members, raw_members, strict=True):
-        file_name = _onnx_file_name(member, taken)
-        entry["weights"] = file_name
-        entry["sha256"] = _export_member(member, weights_dir, out_dir / file_name)
-    raw["segmentation"]["ensemble"]["backend"] = "onnxruntime"
-    for key in _MODEL_JSON_KEYS:
-        _copy_model_json(raw, key, weights_dir, out_dir)
-    target = out_dir / "manifest.json"
-    atomic_write(target, lambda tmp: tmp.write_text(json.dumps(raw, indent=2) + "\n"))
-    load_manifest(out_dir)  # the written manifest must load
-    return target
+    members = tuple(_export_member(member, weights_dir, out_dir, taken) for member in ensemble.members)
+    exported = replace(
+        manifest,
+        weights_dir=out_dir.absolute(),
+        ensemble=replace(ensemble, backend="onnxruntime", members=members),
+        rfs_model=_copy_model_json(manifest.rfs_model, "rfs_model", out_dir.absolute()),
+        hpv_model=_copy_model_json(manifest.hpv_model, "hpv_model", out_dir.absolute()),
+    )
+    return write_manifest(exported)  # last: a folder with a manifest is complete

@@ -11,7 +11,8 @@ nuclear-medicine rule, not a learned model:
 4. lesions outside [min_volume_ml, max_volume_ml] are dropped (noise, bladder-like blobs);
 5. the primary tumour (GTVp) is the lesion with the largest total lesion glycolysis whose
    centre lies within ``midline_band_mm`` of the midline (pharynx and larynx are midline
-   organs); every other lesion is an involved node (GTVn), since nodes sit laterally.
+   organs; the midline is the brain's centroid, see ``hecktor.preprocess``); every other lesion
+   is an involved node (GTVn), since nodes sit laterally.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
-from hecktor.geometry import physical_coordinate_field
-from hecktor.manifest import PetThresholdConfig, PreprocessConfig
+from hecktor.geometry import direction_matrix, frame_coordinates_of_indices, voxel_volume_ml
+from hecktor.manifest import PetThresholdConfig
 from hecktor.types import LABEL_GTVN, LABEL_GTVP, Probabilities, Roi
 
 __all__ = ["Lesion", "PetThresholdEngine", "assign_labels", "find_lesions"]
@@ -32,15 +33,22 @@ __all__ = ["Lesion", "PetThresholdEngine", "assign_labels", "find_lesions"]
 log = logging.getLogger(__name__)
 
 MAX_HOT_SPOTS_PER_COMPONENT = 20
+MAX_LESIONS_LOGGED = 20
+
+Box = tuple[slice, slice, slice]
 
 
 @dataclass(frozen=True)
 class Lesion:
-    mask: np.ndarray  # bool, ROI shape
+    """One grown hot spot. Its mask covers only its candidate component's bounding box ``box``
+    (ROI (z, y, x) slices), so a PET with thousands of hot spots costs what the hot spots cost."""
+
+    box: Box
+    mask: np.ndarray  # bool, shape of the box
     suv_max: float
     volume_ml: float
     tlg: float
-    centre_mm: tuple[float, float, float]
+    centre_mm: tuple[float, float, float]  # patient-frame coordinates (x: left +, z: superior +)
 
 
 def _grow_hot_spots(pet: np.ndarray, component: np.ndarray, config: PetThresholdConfig) -> list[np.ndarray]:
@@ -68,12 +76,17 @@ def _grow_hot_spots(pet: np.ndarray, component: np.ndarray, config: PetThreshold
     return regions
 
 
+def _frame_coordinates(roi: Roi, box: Box, mask: np.ndarray) -> np.ndarray:
+    """Patient-frame coordinates (n, 3) of the voxels of ``mask`` inside ``box``."""
+    start = np.array([s.start for s in box])
+    return frame_coordinates_of_indices(roi.grid, direction_matrix(roi.grid), np.argwhere(mask) + start)
+
+
 def find_lesions(roi: Roi, config: PetThresholdConfig) -> list[Lesion]:
     """Hot-spot lesions in the ROI, brain excluded, filtered by volume."""
     pet = roi.pet_suv
-    voxel_ml = float(np.prod(roi.grid.GetSpacing())) / 1000.0
+    voxel_ml = voxel_volume_ml(roi.grid)
     candidates = cc3d.connected_components(pet >= config.suv_floor, connectivity=26)
-    z_mm = physical_coordinate_field(roi.grid, 2)
     lesions = []
     for label, box in enumerate(cc3d.statistics(candidates)["bounding_boxes"]):
         if label == 0 or box is None:
@@ -81,23 +94,22 @@ def find_lesions(roi: Roi, config: PetThresholdConfig) -> list[Lesion]:
         component = candidates[box] == label
         if roi.brain_bottom_mm is not None:
             brain_limit = roi.brain_bottom_mm - config.brain_margin_mm
-            if (z_mm[box][component] > brain_limit).any():
+            if _frame_coordinates(roi, box, component)[:, 2].max() > brain_limit:
                 continue
-        for region in _grow_hot_spots(pet[box], component, config):
-            volume = float(region.sum()) * voxel_ml
+        pet_box = pet[box]
+        for region in _grow_hot_spots(pet_box, component, config):
+            volume = float(np.count_nonzero(region)) * voxel_ml
             if not config.min_volume_ml <= volume <= config.max_volume_ml:
                 continue
-            mask = np.zeros(pet.shape, dtype=bool)
-            mask[box] = region
-            centre_zyx = np.argwhere(mask).mean(axis=0)
-            centre = roi.grid.TransformContinuousIndexToPhysicalPoint(centre_zyx[::-1].tolist())
-            values = pet[mask]
-            lesions.append(Lesion(mask, float(values.max()), volume, float(values.mean()) * volume, tuple(centre)))
+            centre = _frame_coordinates(roi, box, region).mean(axis=0)
+            values = pet_box[region]
+            lesions.append(Lesion(box, region, float(values.max()), volume, float(values.mean()) * volume,
+                                  (float(centre[0]), float(centre[1]), float(centre[2]))))
     return lesions
 
 
 def assign_labels(lesions: list[Lesion], midline_x_mm: float, config: PetThresholdConfig) -> list[int]:
-    """GTVp for the most glycolytic midline lesion, GTVn for all others."""
+    """GTVp for the most glycolytic lesion within ``midline_band_mm`` of the midline, GTVn for all others."""
     labels = [LABEL_GTVN] * len(lesions)
     midline = [i for i, les in enumerate(lesions) if abs(les.centre_mm[0] - midline_x_mm) <= config.midline_band_mm]
     if midline:
@@ -111,22 +123,29 @@ class PetThresholdEngine:
     name = "pet-threshold"
     trained_on_real_data = False
 
-    def __init__(self, config: PetThresholdConfig, preprocess: PreprocessConfig) -> None:
+    def __init__(self, config: PetThresholdConfig) -> None:
         self.config = config
-        self.preprocess = preprocess
 
     def segment(self, roi: Roi) -> Probabilities:
         lesions = find_lesions(roi, self.config)
-        labels = assign_labels(lesions, roi.center_mm[0], self.config)
+        labels = assign_labels(lesions, roi.midline_x_mm, self.config)
         label_map = np.zeros(roi.pet_suv.shape, dtype=np.uint8)
         # Nodes first, primary last: where regions touch, the primary tumour wins.
         for lesion, label in sorted(zip(lesions, labels, strict=True), key=lambda pair: pair[1] == LABEL_GTVP):
-            label_map[lesion.mask] = label
-        for lesion, label in zip(lesions, labels, strict=True):
-            log.info(
-                "pet-threshold: %s lesion %.1f mL, SUVmax %.1f at %s mm",
-                "GTVp" if label == LABEL_GTVP else "GTVn", lesion.volume_ml, lesion.suv_max,
-                np.round(lesion.centre_mm, 0),
-            )
+            label_map[lesion.box][lesion.mask] = label
+        _log_lesions(lesions, labels)
         one_hot = np.stack([label_map == c for c in range(3)]).astype(np.float32)
         return Probabilities(grid=roi.grid, values=one_hot, engine=self.name)
+
+
+def _log_lesions(lesions: list[Lesion], labels: list[int]) -> None:
+    by_glycolysis = sorted(zip(lesions, labels, strict=True), key=lambda pair: -pair[0].tlg)
+    for lesion, label in by_glycolysis[:MAX_LESIONS_LOGGED]:
+        log.info(
+            "pet-threshold: %s lesion %.1f mL, SUVmax %.1f at frame %s mm",
+            "GTVp" if label == LABEL_GTVP else "GTVn", lesion.volume_ml, lesion.suv_max,
+            np.round(lesion.centre_mm, 0),
+        )
+    if len(lesions) > MAX_LESIONS_LOGGED:
+        log.info("pet-threshold: %d more lesions not listed (%d in all)", len(lesions) - MAX_LESIONS_LOGGED,
+                 len(lesions))
