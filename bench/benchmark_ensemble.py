@@ -222,7 +222,7 @@ def run_ours(job: Job) -> dict[str, Any]:
 
 def _template_networks(manifest: Any, device: str) -> list[Any]:
     from hecktor.segment.networks import build_network
-    from hecktor.segment.weights import load_safetensors
+    from hecktor.segment.torch_backend import load_safetensors
 
     networks = []
     for member in manifest.ensemble.members:
@@ -233,16 +233,10 @@ def _template_networks(manifest: Any, device: str) -> list[Any]:
 
 
 def _same_roi_grid(case: Any, config: Any) -> Any:
-    """The 1 mm ROI grid our pipeline uses (same brain-anchored centre, same clipping), from public functions."""
-    from hecktor.preprocess import common_extent, locate_brain, roi_grid
+    """The 1 mm ROI grid our pipeline uses (same brain-anchored centre, same clipping), without resampling."""
+    from hecktor.preprocess import place_roi
 
-    extent = common_extent(case.ct, case.pet)
-    brain = locate_brain(case.pet, extent, config)
-    if brain is None:
-        center_xy, top_z = (extent[0][:2] + extent[1][:2]) / 2.0, float(extent[1][2])
-    else:
-        center_xy, top_z = brain.centroid_mm[:2], float(brain.centroid_mm[2]) + config.roi_above_brain_mm
-    return roi_grid(case.ct, center_xy, top_z, extent, config)
+    return place_roi(case, config).grid
 
 
 def _resample_full(image: Any, ct: Any, spacing: float, default: float) -> Any:
@@ -280,7 +274,7 @@ def template_preprocess(case: Any, manifest: Any) -> tuple[Any, Any]:
     import numpy as np
     import SimpleITK as sitk
 
-    from hecktor.segment.ensemble import normalise_ct, normalise_pet
+    from hecktor.normalise import normalise_ct, normalise_pet
 
     config = manifest.preprocess
     roi = _same_roi_grid(case, config)

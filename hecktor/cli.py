@@ -107,6 +107,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which outputs to write: 'all' (default) or e.g. '1' or '2,3'")
     parser.add_argument("--weights-dir", type=Path, default=DEFAULT_WEIGHTS_DIR,
                         help="folder holding manifest.json and the model files")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                        help="wall-clock limit for the case; the network ensemble plans to finish within it, "
+                             "reducing mirror flips, overlap or members only as far as needed (default: the "
+                             "platform's limit for the tasks asked: 600 s for Tasks 1 and 3, 900 s for Task 2; "
+                             "0 = no limit)")
     parser.add_argument("--strict", action="store_true",
                         help="refuse (exit 2) any recoverable input problem instead of applying its documented "
                              "fallback (see the README's input-policy table)")
@@ -123,7 +128,8 @@ def _run(args: argparse.Namespace) -> int:
     from hecktor.report import RunReport
 
     report = RunReport(options={"input": args.input, "output": args.output, "tasks": sorted(args.tasks),
-                                "policy": "strict" if args.strict else "default", "weights_dir": args.weights_dir})
+                                "policy": "strict" if args.strict else "default", "weights_dir": args.weights_dir,
+                                "time_limit_s": args.time_limit})
     with report.collecting_warnings():
         code = _guarded(lambda a: _compute_and_publish(a, report), args, report)
     if report.write(args.report):
@@ -131,14 +137,26 @@ def _run(args: argparse.Namespace) -> int:
     return code
 
 
+# The platform's wall-clock limit per case (organisers' template README), by task.
+PLATFORM_TIME_LIMIT_S = {1: 600.0, 2: 900.0, 3: 600.0}
+
+
+def case_deadline(start: float, tasks: frozenset[int], time_limit: float | None) -> float | None:
+    """``time.monotonic()`` deadline of a case started at ``start``: the tightest limit of ``tasks``, or
+    ``time_limit`` when given (0 or less: none)."""
+    limit = min(PLATFORM_TIME_LIMIT_S[t] for t in tasks) if time_limit is None else time_limit
+    return start + limit if limit > 0 else None
+
+
 def _compute_and_publish(args: argparse.Namespace, report: RunReport | None = None) -> int:
     from hecktor.pipeline import Pipeline
 
     start = time.perf_counter()
+    deadline = case_deadline(time.monotonic(), args.tasks, args.time_limit)
     # Entered first so that an unusable output folder fails before minutes of loading and computing.
     with StagedOutputs(args.output, case_targets(args.tasks)) as outputs:
         pipeline = Pipeline(load_manifest(args.weights_dir))
-        result = pipeline.run(args.input, args.tasks, strict=args.strict)
+        result = pipeline.run(args.input, args.tasks, strict=args.strict, deadline=deadline)
         if report is not None:
             report.record_case(result)
         stage_case_result(outputs, result, args.tasks)
@@ -192,7 +210,7 @@ def _make_sample(args: argparse.Namespace) -> int:
 def _export_onnx(args: argparse.Namespace) -> int:
     from hecktor.segment.onnx_export import export_manifest_to_onnx
 
-    manifest = export_manifest_to_onnx(args.weights_dir, args.out)
+    manifest = export_manifest_to_onnx(args.weights_dir, args.out, fp16_weights=args.fp16_weights)
     log.info("wrote %s (backend onnxruntime); use it with --weights-dir %s", manifest, args.out)
     return 0
 
@@ -267,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder holding manifest.json and the torch (safetensors) members")
     export.add_argument("--out", type=Path, required=True,
                         help="new folder for the .onnx members, the model files and the switched manifest.json")
+    export.add_argument("--fp16-weights", action="store_true",
+                        help="store the weights as float16 (computed in float32): half the size, for the image's "
+                             "2 GB upload limit")
     export.add_argument("-v", "--verbose", action="store_true")
     export.set_defaults(func=functools.partial(_guarded, _export_onnx))
     return parser

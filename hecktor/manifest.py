@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass as schema_dataclass
 from pydantic_core import ErrorDetails, to_jsonable_python
 
+from hecktor import normalise
 from hecktor.write import atomic_write
 
 __all__ = [
@@ -61,7 +62,7 @@ FORMAT_VERSION = 1  # raise it when a change to the schema makes older files mea
 # The challenge's label contract: every member must predict exactly these classes, in this order.
 CHALLENGE_LABELS: Mapping[str, str] = MappingProxyType({"0": "background", "1": "GTVp", "2": "GTVn"})
 WEIGHTS_SUFFIX: Mapping[str, str] = MappingProxyType({"torch": ".safetensors", "onnxruntime": ".onnx"})
-CT_NORMALISATION_KEYS = frozenset({"mean", "std", "lower", "upper"})
+CT_NORMALISATION_KEYS = frozenset(normalise.CT_NORMALISATION_KEYS)
 _MAX_SHOWN_ERRORS = 20
 _MAX_SHOWN_VALUE = 80
 

@@ -94,23 +94,33 @@ class Pipeline:
                 " (a rule-based SUV threshold method)" if self.engine.name == "pet-threshold" else "",
             )
 
-    def segment_case(self, case: Case, clock: _StageClock) -> tuple[sitk.Image, str]:
+    def segment_case(self, case: Case, clock: _StageClock, deadline: float | None = None) -> tuple[sitk.Image, str]:
         """The label image on the CT grid, and how the ROI was located."""
         with clock.stage("preprocess"):
             roi = extract_roi(case, self.manifest.preprocess)
         with clock.stage("segment"):
-            probabilities = self.engine.segment(roi)
+            probabilities = self.engine.segment(roi, deadline)
         with clock.stage("restore"):
             labels = restore_to_ct_grid(probabilities, case.ct, self.manifest.postprocess)
         return labels, roi.located_by
 
-    def run_case(self, case: Case, tasks: frozenset[int] = ALL_TASKS, clock: _StageClock | None = None) -> CaseResult:
-        """Compute every requested output of ``case``; writes nothing."""
+    def run_case(
+        self,
+        case: Case,
+        tasks: frozenset[int] = ALL_TASKS,
+        clock: _StageClock | None = None,
+        deadline: float | None = None,
+    ) -> CaseResult:
+        """Compute every requested output of ``case``; writes nothing.
+
+        ``deadline``: ``time.monotonic()`` value by which the case must be done (the platform's time
+        limit); the segmentation engine plans against it. ``None``: no limit.
+        """
         clock = clock or _StageClock()
         measurements: Measurements | None = None
         if _has_uptake(case):
             # Tasks 2 and 3 use measurements from the segmentation, so it always runs.
-            labels, located_by = self.segment_case(case, clock)
+            labels, located_by = self.segment_case(case, clock, deadline)
             with clock.stage("measure"):
                 measurements = measure(labels, case.pet)
             log.info("measurements: %s", {k: round(v, 2) if isinstance(v, float) else v
@@ -135,14 +145,20 @@ class Pipeline:
             timings=tuple(clock.timings),
         )
 
-    def run(self, input_dir: Path, tasks: frozenset[int] = ALL_TASKS, strict: bool = False) -> CaseResult:
+    def run(
+        self,
+        input_dir: Path,
+        tasks: frozenset[int] = ALL_TASKS,
+        strict: bool = False,
+        deadline: float | None = None,
+    ) -> CaseResult:
         """Read the case in ``input_dir``, apply the input policy (``strict`` refuses any recoverable
-        problem), and compute every requested output; writes nothing."""
+        problem), and compute every requested output before ``deadline``; writes nothing."""
         clock = _StageClock()
         with clock.stage("read"):
             case = read_case(input_dir)
         apply_input_policy(case.problems, strict)
-        return self.run_case(case, tasks, clock)
+        return self.run_case(case, tasks, clock, deadline)
 
 
 def _has_uptake(case: Case) -> bool:

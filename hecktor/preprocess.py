@@ -48,9 +48,11 @@ from hecktor.types import Case, InputError, Roi
 __all__ = [
     "MIN_BRAIN_ML",
     "BrainLocation",
+    "RoiPlacement",
     "common_extent",
     "extract_roi",
     "locate_brain",
+    "place_roi",
     "roi_grid",
 ]
 
@@ -205,8 +207,18 @@ def _describe_extent(image: sitk.Image, frame: np.ndarray) -> str:
     return " x ".join(f"[{a:.0f}, {b:.0f}]" for a, b in zip(lo, hi, strict=True)) + " mm"
 
 
-def extract_roi(case: Case, config: PreprocessConfig) -> Roi:
-    """Locate the ROI on the PET and resample CT (HU) and PET (SUV) inside it to 1 mm."""
+@dataclass(frozen=True)
+class RoiPlacement:
+    """Where the ROI goes: its 1 mm grid (along the patient frame), the brain found (if any) and the rule used."""
+
+    grid: sitk.Image
+    frame: np.ndarray
+    brain: BrainLocation | None
+    located_by: str
+
+
+def place_roi(case: Case, config: PreprocessConfig) -> RoiPlacement:
+    """Locate the ROI on the PET (no resampling yet); refuses CT and PET that do not overlap."""
     frame = patient_frame(np.asarray(case.ct.GetDirection(), dtype=np.float64).reshape(3, 3))
     extent = common_extent(case.ct, case.pet, frame)
     if extent is None:
@@ -233,6 +245,13 @@ def extract_roi(case: Case, config: PreprocessConfig) -> Roi:
     grid = roi_grid(frame, center_xy, top_z, extent, config)
     if grid is None:
         raise InputError(f"{case.ct_path} and {case.pet_path}: the head-and-neck ROI misses the common PET/CT extent")
+    return RoiPlacement(grid=grid, frame=frame, brain=brain, located_by=located_by)
+
+
+def extract_roi(case: Case, config: PreprocessConfig) -> Roi:
+    """Locate the ROI on the PET and resample CT (HU) and PET (SUV) inside it to 1 mm."""
+    placement = place_roi(case, config)
+    grid, frame, brain = placement.grid, placement.frame, placement.brain
     ct_hu = sitk.GetArrayFromImage(resample_to_grid(case.ct, grid, config.interpolator, CT_AIR_HU))
     pet_suv = np.maximum(sitk.GetArrayFromImage(resample_to_grid(case.pet, grid, config.interpolator, 0.0)), 0.0)
     midline_x, midline_from = _midline(brain, ct_hu, grid, frame)
@@ -244,7 +263,7 @@ def extract_roi(case: Case, config: PreprocessConfig) -> Roi:
         ct_hu=ct_hu,
         pet_suv=pet_suv,
         center_mm=tuple(float(c) for c in center),
-        located_by=located_by,
+        located_by=placement.located_by,
         midline_x_mm=midline_x,
         midline_from=midline_from,
         brain_bottom_mm=brain.bottom if brain is not None else None,

@@ -42,7 +42,7 @@ def _versions() -> dict[str, str | None]:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 class _WarningCollector(logging.Handler):

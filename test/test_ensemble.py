@@ -12,8 +12,9 @@ import SimpleITK as sitk
 import torch
 
 from hecktor.manifest import Manifest, ManifestError, load_manifest
+from hecktor.normalise import normalise_ct, normalise_pet
 from hecktor.segment import build_engine
-from hecktor.segment.ensemble import EnsembleEngine, normalise_ct, normalise_pet
+from hecktor.segment.ensemble import EnsembleEngine, load_ensemble
 from hecktor.segment.networks import build_network
 from hecktor.segment.weights import sha256_of
 from hecktor.types import Roi
@@ -96,11 +97,11 @@ def test_ensemble_is_the_mean_of_its_members(stunet_dir: Path) -> None:
     manifest = load_manifest(stunet_dir)
     assert manifest.ensemble is not None
     roi = tiny_roi()
-    both = EnsembleEngine(manifest.ensemble, stunet_dir, device="cpu").segment(roi).values
+    both = load_ensemble(manifest.ensemble, stunet_dir, device="cpu").segment(roi).values
     singles = []
     for member in manifest.ensemble.members:
         config = replace(manifest.ensemble, members=(member,))
-        singles.append(EnsembleEngine(config, stunet_dir, device="cpu").segment(roi).values)
+        singles.append(load_ensemble(config, stunet_dir, device="cpu").segment(roi).values)
     np.testing.assert_allclose(both, (singles[0] + singles[1]) / 2, rtol=1e-5, atol=1e-6)
     assert not np.allclose(singles[0], singles[1])
 
@@ -135,17 +136,6 @@ def test_patch_not_divisible_by_strides_is_refused(tmp_path: Path) -> None:
         build_engine(load_manifest(tmp_path))
 
 
-def test_normalisation() -> None:
-    ct = np.array([[[-2000.0, 0.0, 50.0, 5000.0]]], dtype=np.float32)
-    out = normalise_ct(ct, {"mean": 50.0, "std": 10.0, "lower": -100.0, "upper": 150.0})
-    np.testing.assert_allclose(out, [[[-15.0, -5.0, 0.0, 10.0]]])
-    with pytest.raises(ManifestError, match="lacks"):
-        normalise_ct(ct, {"mean": 0.0, "std": 1.0})
-    pet = np.array([[[0.0, 1.0, 3.0]]], dtype=np.float32)  # non-zero mean 2, std 1
-    np.testing.assert_allclose(normalise_pet(pet), [[[-2.0, -1.0, 1.0]]])
-    np.testing.assert_array_equal(normalise_pet(np.zeros((2, 2, 2), np.float32)), 0.0)
-
-
 def test_engine_output_matches_a_hand_run_member(tmp_path: Path) -> None:
     """One member, one window: the engine equals softmax(network(normalised ROI)) computed here."""
     make_random_weights(
@@ -159,7 +149,7 @@ def test_engine_output_matches_a_hand_run_member(tmp_path: Path) -> None:
     assert manifest.ensemble is not None
     member = manifest.ensemble.members[0]
     roi = tiny_roi((64, 64, 64))
-    got = EnsembleEngine(manifest.ensemble, tmp_path, device="cpu").segment(roi).values
+    got = load_ensemble(manifest.ensemble, tmp_path, device="cpu").segment(roi).values
     torch.manual_seed(0)
     net = build_network("STUNet", TINY_STUNET).eval()
     image = np.stack([normalise_ct(roi.ct_hu, member.ct_normalisation), normalise_pet(roi.pet_suv)])

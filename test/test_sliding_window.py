@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from hecktor.segment import windows
 from hecktor.segment.sliding_window import (
     WindowSettings,
     gaussian_importance_map,
@@ -173,3 +174,57 @@ def test_settings_and_predictor_are_checked() -> None:
         sliding_window_inference(torch.randn(1, 8, 8, 8), pointwise, 2, WindowSettings(patch_size=(8, 8, 8)))
     with pytest.raises(ValueError, match="predictor returned shape"):
         predict_mirrored(lambda x: x[:, :, :4], torch.randn(1, 1, 8, 8, 8))
+
+
+# --------------------------------------------------------------------------- the numpy path (ONNX Runtime backend)
+
+
+def _numpy_of(predictor):
+    """A torch analytic predictor as the numpy predictor the ONNX backend calls."""
+    return lambda batch: predictor(torch.from_numpy(batch)).numpy()
+
+
+def test_numpy_pointwise_output_is_exact_without_torch() -> None:
+    image = np.random.default_rng(4).normal(size=(1, 20, 23, 17)).astype(np.float32)
+    settings = WindowSettings(patch_size=(8, 8, 8), overlap=0.5, batch_size=3)
+
+    def pointwise_np(batch: np.ndarray) -> np.ndarray:
+        return np.concatenate([batch, 2 * batch, -batch], axis=1)
+
+    out = windows.sliding_window_inference(image, pointwise_np, 3, settings)
+    logits = np.concatenate([image, 2 * image, -image])
+    expected = np.exp(logits - logits.max(0)) / np.exp(logits - logits.max(0)).sum(0)  # softmax written out
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        WindowSettings(patch_size=(8, 8, 8), overlap=0.5, batch_size=4, softmax=False),
+        WindowSettings(patch_size=(8, 16, 8), overlap=0.25, batch_size=1, mirror_axes=(0, 2)),
+        WindowSettings(patch_size=(16, 16, 16), overlap=0.5, mirror_axes=(0, 1, 2)),  # padded: z and x < patch
+        WindowSettings(patch_size=(8, 8, 8), whole_roi_if_fits=True, size_multiple=16),
+    ],
+    ids=["plain", "mirrored", "padded", "whole-roi"],
+)
+def test_numpy_and_torch_paths_blend_identically(settings: WindowSettings) -> None:
+    """Same windows, same Gaussian, same mirrorings: a window-dependent, non-equivariant predictor agrees."""
+    image = np.random.default_rng(5).normal(size=(1, 14, 19, 12)).astype(np.float32)
+
+    def window_mean_shift(x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(1, 2, 3, 4), keepdim=True).expand_as(x)
+        return torch.cat([mean, torch.roll(x, shifts=-1, dims=4)], dim=1)
+
+    expected = sliding_window_inference(torch.from_numpy(image), window_mean_shift, 2, settings).numpy()
+    got = windows.sliding_window_inference(image, _numpy_of(window_mean_shift), 2, settings)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_numpy_gaussian_is_the_torch_gaussian() -> None:
+    np.testing.assert_array_equal(windows.gaussian_importance_map((7, 8, 9)),
+                                  gaussian_importance_map((7, 8, 9)).numpy())
+
+
+def test_window_count_matches_the_tiling() -> None:
+    assert windows.window_count((20, 23, 17), (8, 8, 8), 0.5) == len(window_slices((20, 23, 17), (8, 8, 8), 0.5))
+    assert windows.window_count((5, 30, 9), (8, 16, 16), 0.5) == len(window_slices((8, 30, 16), (8, 16, 16), 0.5))

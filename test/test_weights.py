@@ -11,7 +11,9 @@ from safetensors.torch import save_file
 
 from hecktor.manifest import ManifestError
 from hecktor.segment.networks import build_network
-from hecktor.segment.weights import load_onnx, load_safetensors, sha256_of
+from hecktor.segment.onnx_backend import load_onnx
+from hecktor.segment.torch_backend import load_safetensors
+from hecktor.segment.weights import sha256_of
 from training.make_random_weights import make_random_weights
 
 TINY_STUNET = {"dims": (4, 8, 8, 8, 8, 8)}
@@ -83,7 +85,7 @@ def test_onnx_member_is_hash_checked_and_matches_torch(tmp_path: Path) -> None:
     x = torch.randn(2, 2, 16, 24, 32)  # dynamic spatial axes: a size other than the export's
     with torch.inference_mode():
         expected = net(x)
-    got = predictor(x)
+    got = torch.from_numpy(predictor(x.numpy()))
     assert got.shape == (2, 3, 16, 24, 32)
     # float32 kernels differ between the runtimes; 1e-4 of the output's spread is far below any decision.
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-4 * float(expected.abs().max()))
@@ -95,3 +97,20 @@ def test_onnx_sessions_do_not_keep_a_memory_arena(tmp_path: Path) -> None:
     onnx_path = next(tmp_path.glob("*.onnx"))
     predictor = load_onnx(onnx_path, sha256_of(onnx_path), num_threads=1)
     assert predictor._session.get_session_options().enable_cpu_mem_arena is False
+
+
+def test_cuda_start_up_failure_is_summarised_in_one_line() -> None:
+    """What onnxruntime-gpu printed in the image on a machine without a GPU (test.sh run, abridged)."""
+    from hecktor.segment.onnx_backend import _cuda_failure_reason
+
+    printed = (
+        "*************** EP Error ***************\n"
+        "EP Error /onnxruntime_src/onnxruntime/core/providers/cuda/cuda_call.cc:122 std::conditional_t<THRW, void, "
+        "onnxruntime::common::Status> onnxruntime::CudaCall(...) CUDA failure 35: CUDA driver version is insufficient "
+        "for CUDA runtime version ; GPU=-1 ; hostname=6229d933d704 ; file=/onnxruntime_src/onnxruntime/core/providers/"
+        "cuda/cuda_execution_provider.cc ; line=336 ; expr=cudaSetDevice(info_.device_id); \n\n"
+        " when using ['CUDAExecutionProvider', 'CPUExecutionProvider']\n"
+        "Falling back to ['CPUExecutionProvider'] and retrying.\n****************************************\n"
+    )
+    assert _cuda_failure_reason(printed) == (
+        "CUDA failure 35: CUDA driver version is insufficient for CUDA runtime version")

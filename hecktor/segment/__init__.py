@@ -11,12 +11,16 @@ __all__ = ["SegmentationEngine", "build_engine"]
 
 
 class SegmentationEngine(Protocol):
-    """Turns a 1 mm ROI into per-class probabilities on the same grid."""
+    """Turns a 1 mm ROI into per-class probabilities on the same grid.
+
+    ``deadline`` is a ``time.monotonic()`` value by which the whole case must be done; an engine
+    whose cost can be traded for accuracy (the ensemble) plans against it, others ignore it.
+    """
 
     name: str
     trained_on_real_data: bool
 
-    def segment(self, roi: Roi) -> Probabilities: ...
+    def segment(self, roi: Roi, deadline: float | None = None) -> Probabilities: ...
 
 
 def build_engine(manifest: Manifest, device: str | None = None) -> SegmentationEngine:
@@ -25,10 +29,10 @@ def build_engine(manifest: Manifest, device: str | None = None) -> SegmentationE
     ``device`` ("cpu", "cuda") pins where networks run; default: CUDA when available, else CPU.
     """
     if manifest.engine == "ensemble":
-        from hecktor.segment.ensemble import EnsembleEngine
+        from hecktor.segment.ensemble import load_ensemble
 
         assert manifest.ensemble is not None  # load_manifest guarantees it
-        return EnsembleEngine(manifest.ensemble, manifest.weights_dir, device=device)
+        return load_ensemble(manifest.ensemble, manifest.weights_dir, device=device)
     from hecktor.segment.pet_threshold import PetThresholdEngine
 
     return PetThresholdEngine(manifest.pet_threshold)

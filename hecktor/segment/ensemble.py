@@ -1,36 +1,235 @@
-"""The network-ensemble segmentation engine.
+"""The network-ensemble segmentation engine, backend-agnostic and torch-free.
 
-Every member is loaded (and hash-checked) once when the engine is built; ``segment`` normalises the
-ROI the way each member was trained, runs it through the Gaussian sliding window (or in one pass),
-and averages the members' softmax maps.
+Every member is loaded (and hash-checked) once when the engine is built, by the backend the manifest
+names: :mod:`hecktor.segment.torch_backend` (safetensors) or :mod:`hecktor.segment.onnx_backend`
+(ONNX Runtime, numpy only: the ``onnxruntime`` image has no torch). ``segment`` normalises the ROI the
+way each member was trained, runs it through the Gaussian sliding window and averages the members'
+softmax maps.
+
+Time budget: given a deadline, the engine first times one window of the first member (twice; the
+second call counts, so CUDA warm-up does not), estimates the whole ensemble's cost and, only as far
+as needed to finish in time, drops mirror flips, then lowers the overlap, then drops members from the
+end (:func:`plan_inference`). The run log says what it chose. Without a deadline it runs the manifest's
+settings as they are.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
-import torch
-from torch import nn
 
-from hecktor.manifest import CHALLENGE_LABELS, EnsembleConfig, ManifestError, MemberConfig
-from hecktor.segment.networks import build_network, count_parameters, input_divisor
-from hecktor.segment.sliding_window import Predictor, WindowSettings, sliding_window_inference
-from hecktor.segment.weights import OnnxPredictor, load_onnx, load_safetensors
+from hecktor.manifest import CHALLENGE_LABELS, EnsembleConfig, MemberConfig
+from hecktor.normalise import normalise_ct, normalise_pet
+from hecktor.segment.windows import WindowSettings, mirror_combinations, window_count
 from hecktor.types import Probabilities, Roi
 
-__all__ = ["EnsembleEngine", "available_cpus", "build_torch_network", "normalise_ct", "normalise_pet"]
+__all__ = [
+    "MIN_OVERLAP",
+    "NETWORK_RESERVE_S",
+    "EnsembleEngine",
+    "InferencePlan",
+    "LoadedMember",
+    "MemberRunner",
+    "available_cpus",
+    "load_ensemble",
+    "plan_inference",
+]
 
 log = logging.getLogger(__name__)
 
-_CT_KEYS = ("mean", "std", "lower", "upper")
-_WHOLE_ROI_MULTIPLE = 32
+# Overlaps tried, in order, when the configured one does not fit the time budget. 0 still covers the
+# ROI: the last window of every axis is placed flush with its end.
+OVERLAP_STEPS = (0.5, 0.25, 0.0)
+MIN_OVERLAP = OVERLAP_STEPS[-1]
+# Seconds kept back from the deadline for restoring, measuring and writing after the networks.
+NETWORK_RESERVE_S = 30.0
+# A member dropped by a revision comes back only if the plan fits in this fraction of the time left, so
+# that noise in the measured speed does not make the plan flip back and forth.
+TAKE_BACK_FRACTION = 0.9
+
+
+class MemberRunner(Protocol):
+    """One loaded network behind a backend: numpy (2, z, y, x) in, (K, z, y, x) probabilities out."""
+
+    device: str  # where it runs, for the log ("cpu", "cuda", "CUDAExecutionProvider", ...)
+
+    def probabilities(self, image: np.ndarray, settings: WindowSettings) -> np.ndarray: ...
+
+    def seconds_per_window(self, image: np.ndarray, settings: WindowSettings) -> float: ...
+
+
+@dataclass(frozen=True)
+class LoadedMember:
+    config: MemberConfig
+    runner: MemberRunner
+    settings: WindowSettings  # the manifest's tiling for this member
+
+
+@dataclass(frozen=True)
+class InferencePlan:
+    """What the ensemble will run: ``members`` first members, at ``overlap``, mirroring ``mirror_axes``."""
+
+    members: int
+    overlap: float
+    mirror_axes: tuple[int, ...]
+    windows: int  # network passes in all (windows x mirrorings x members)
+    estimated_s: float
+    reductions: tuple[str, ...] = ()  # what was given up to fit the budget, for the log
+    fits: bool = True
+
+
+def _passes(shape: Sequence[int], patches: Sequence[Sequence[int]], overlap: float, mirror_axes: Sequence[int]) -> int:
+    mirrors = len(mirror_combinations(mirror_axes))
+    return sum(window_count(shape, patch, overlap) * mirrors for patch in patches)
+
+
+def plan_inference(
+    roi_shape: Sequence[int],
+    patches: Sequence[Sequence[int]],
+    overlap: float,
+    mirror_axes: Sequence[int],
+    seconds_per_window: float,
+    budget_s: float | None,
+    min_members: int = 1,
+) -> InferencePlan:
+    """The richest settings whose estimated time fits ``budget_s`` (a pure function, tested by hand).
+
+    ``patches`` lists each member's patch size in ensemble order. Reductions, in order, each only as
+    far as needed: mirror axes (TTA is the least accurate use of time), overlap (down the
+    ``OVERLAP_STEPS`` below the configured one that save windows), members (dropped from the end, down
+    to ``min_members``). When even that minimum does not fit, it is returned with ``fits=False``.
+    """
+    axes = tuple(mirror_axes)
+    # Lower overlaps only where they save windows (on many ROI sizes 0.25 and 0 tile alike).
+    overlaps = [overlap]
+    for step in (o for o in OVERLAP_STEPS if o < overlap):
+        if _passes(roi_shape, patches, step, ()) < _passes(roi_shape, patches, overlaps[-1], ()):
+            overlaps.append(step)
+    candidates = [(len(patches), overlap, axes[:kept]) for kept in range(len(axes), -1, -1)]
+    candidates += [(len(patches), step, ()) for step in overlaps[1:]]
+    candidates += [(members, overlaps[-1], ()) for members in range(len(patches) - 1, min_members - 1, -1)]
+    plan = None
+    for members, step, kept in candidates:
+        passes = _passes(roi_shape, patches[:members], step, kept)
+        estimate = passes * seconds_per_window
+        reductions = tuple(
+            text for condition, text in (
+                (len(kept) < len(axes), f"mirror axes {axes} -> {kept or 'none'}"),
+                (step < overlap, f"overlap {overlap} -> {step}"),
+                (members < len(patches), f"members {len(patches)} -> {members}"),
+            ) if condition
+        )
+        plan = InferencePlan(members, step, kept, passes, estimate, reductions)
+        if budget_s is None or estimate <= budget_s:
+            return plan
+    assert plan is not None
+    return replace(plan, fits=False)
+
+
+class EnsembleEngine:
+    """Average of the softmax maps of loaded networks (see :func:`load_ensemble` to load a manifest's)."""
+
+    name = "ensemble"
+
+    def __init__(self, members: Sequence[LoadedMember], trained_on_real_data: bool) -> None:
+        if not members:
+            raise ValueError("an ensemble needs one member at least")
+        self.trained_on_real_data = trained_on_real_data
+        self._members = tuple(members)
+
+    @property
+    def num_classes(self) -> int:
+        return len(CHALLENGE_LABELS)
+
+    def _image(self, roi: Roi, member: LoadedMember, pet: np.ndarray) -> np.ndarray:
+        return np.stack([normalise_ct(roi.ct_hu, member.config.ct_normalisation), pet])
+
+    def plan(self, roi: Roi, deadline: float | None) -> InferencePlan:
+        """Time one window of the first member and fit the ensemble into what is left before ``deadline``."""
+        patches = [m.settings.patch_size for m in self._members]
+        first = self._members[0]
+        configured = (roi.ct_hu.shape, patches, first.settings.overlap, first.settings.mirror_axes)
+        if deadline is None or any(m.settings.whole_roi_if_fits for m in self._members):
+            return plan_inference(*configured, seconds_per_window=0.0, budget_s=None)
+        seconds = first.runner.seconds_per_window(self._image(roi, first, normalise_pet(roi.pet_suv)), first.settings)
+        budget = deadline - time.monotonic() - NETWORK_RESERVE_S
+        plan = plan_inference(*configured, seconds_per_window=seconds, budget_s=budget)
+        verdict = "fits" if plan.fits else "does NOT fit even at the minimum; running the minimum"
+        log.info("ensemble plan: %.2f s per window on %s, %.0f s left for the networks: %d passes, about %.0f s, %s%s",
+                 seconds, first.runner.device, budget, plan.windows, plan.estimated_s, verdict,
+                 f" (reduced: {'; '.join(plan.reductions)})" if plan.reductions else " (as configured)")
+        if plan.reductions:
+            log.warning("ensemble reduced to meet the time limit: %s", "; ".join(plan.reductions))
+        return plan
+
+    def segment(self, roi: Roi, deadline: float | None = None) -> Probabilities:
+        """Per-class probabilities (K, z, y, x) float32 on ``roi.grid``, the mean of the members' softmax maps.
+
+        ``deadline``: ``time.monotonic()`` value by which the whole case must be done; ``None`` runs the
+        manifest's settings unchanged. With a deadline the plan is also revised after every member from
+        its measured speed (a machine slowed by other work must not overrun), dropping further overlap
+        or members only as far as needed; members are averaged over those that ran.
+        """
+        _check_roi(roi)
+        plan = self.plan(roi, deadline)
+        pet = normalise_pet(roi.pet_suv)
+        total: np.ndarray | None = None
+        pool = self._members[: plan.members]  # a revision may drop members of the plan, or take them back
+        overlap, mirror_axes, to_run, done = plan.overlap, plan.mirror_axes, plan.members, 0
+        while done < to_run:
+            member = pool[done]
+            start = time.perf_counter()
+            probs = member.runner.probabilities(self._image(roi, member, pet),
+                                                replace(member.settings, overlap=overlap, mirror_axes=mirror_axes))
+            total = probs if total is None else np.add(total, probs, out=total)
+            done += 1
+            elapsed = time.perf_counter() - start
+            log.info("member %d/%d (%s) done in %.1f s", done, to_run, member.config.name, elapsed)
+            if deadline is not None and done < len(pool):
+                per_window = elapsed / _passes(roi.ct_hu.shape, [member.settings.patch_size], overlap, mirror_axes)
+                budget = deadline - time.monotonic() - NETWORK_RESERVE_S
+                remaining = [m.settings.patch_size for m in pool[done:]]
+                revised = plan_inference(roi.ct_hu.shape, remaining, overlap, mirror_axes, per_window, budget,
+                                         min_members=0)
+                if done + revised.members > to_run:  # take a dropped member back only with room to spare
+                    revised = plan_inference(roi.ct_hu.shape, remaining, overlap, mirror_axes, per_window,
+                                             budget * TAKE_BACK_FRACTION, min_members=to_run - done)
+                if (done + revised.members, revised.overlap, revised.mirror_axes) != (to_run, overlap, mirror_axes):
+                    log.warning("ensemble re-planned after member %d from its measured %.2f s per window: %d members "
+                                "in all, overlap %s, mirror axes %s", done, per_window, done + revised.members,
+                                revised.overlap, revised.mirror_axes or "none")
+                overlap, mirror_axes, to_run = revised.overlap, revised.mirror_axes, done + revised.members
+        assert total is not None  # the manifest schema guarantees one member at least
+        total /= np.float32(done)
+        return Probabilities(grid=roi.grid, values=np.ascontiguousarray(total), engine=self.name)
+
+
+def load_ensemble(
+    config: EnsembleConfig, weights_dir: Path, device: str | None = None, num_threads: int | None = None
+) -> EnsembleEngine:
+    """Load (and hash-check) every member of ``config`` with the backend it names.
+
+    Args:
+        config: the manifest's ensemble section (validated by the manifest schema).
+        weights_dir: folder holding the member files named in ``config``.
+        device: "cpu" or "cuda" to pin where the networks run; default: the GPU when the backend can use
+            one, else the CPU (the log says which, in one line, as the members load).
+        num_threads: CPU threads for the backend; default: the CPUs this process may use.
+    """
+    threads = num_threads or available_cpus()
+    if config.backend == "onnxruntime":
+        from hecktor.segment.onnx_backend import load_onnx_members as load_members
+    else:
+        from hecktor.segment.torch_backend import load_torch_members as load_members
+    members = load_members(config, Path(weights_dir), device, threads)
+    return EnsembleEngine(members, trained_on_real_data=bool(config.trained_on_real_data))
 
 
 def available_cpus() -> int:
@@ -39,217 +238,6 @@ def available_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def normalise_ct(ct_hu: np.ndarray, params: Mapping[str, float]) -> np.ndarray:
-    """nnU-Net CT normalisation: clip to [lower, upper] HU, then (x - mean) / std. (z, y, x) float32."""
-    missing = [k for k in _CT_KEYS if k not in params]
-    if missing:
-        raise ManifestError(f"ct_normalisation lacks {missing} (needs {list(_CT_KEYS)})")
-    lower, upper, mean, std = (float(params[k]) for k in ("lower", "upper", "mean", "std"))
-    if not (std > 0 and lower < upper):
-        raise ManifestError(f"ct_normalisation must have std > 0 and lower < upper, got {dict(params)}")
-    out = np.clip(ct_hu, lower, upper).astype(np.float32, copy=False)
-    out -= np.float32(mean)
-    out /= np.float32(std)
-    return out
-
-
-def normalise_pet(pet_suv: np.ndarray) -> np.ndarray:
-    """Z-score of the PET with mean and std taken over the ROI's non-zero voxels. (z, y, x) float32.
-
-    Zero voxels (outside the PET field of view) are left out of the statistics but normalised like
-    the rest. An all-zero PET gives zeros.
-    """
-    values = pet_suv[pet_suv != 0]
-    if values.size == 0:
-        return np.zeros(pet_suv.shape, dtype=np.float32)
-    mean = float(values.mean(dtype=np.float64))
-    std = max(float(values.std(dtype=np.float64)), 1e-8)
-    out = pet_suv.astype(np.float32, copy=True)
-    out -= np.float32(mean)
-    out /= np.float32(std)
-    return out
-
-
-class _TorchPredictor:
-    """A network in eval mode behind ``inference_mode`` and (optionally) autocast: (B, C, ...) -> (B, K, ...)."""
-
-    def __init__(self, network: nn.Module, device: torch.device, autocast_dtype: torch.dtype | None):
-        self.network = network
-        self.device = device
-        self.autocast_dtype = autocast_dtype
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            if self.autocast_dtype is None:
-                return self.network(batch)
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                return self.network(batch)
-
-
-@dataclass(frozen=True)
-class _Member:
-    config: MemberConfig
-    predictor: Predictor
-    device: torch.device  # where windows are sent
-    settings: WindowSettings
-
-
-def _check_patch(member: MemberConfig, divisor: tuple[int, int, int]) -> None:
-    if any(p % d for p, d in zip(member.patch_size, divisor, strict=True)):
-        raise ManifestError(
-            f"member {member.name!r}: patch_size {member.patch_size} is not a multiple of the network's "
-            f"stride product {divisor} (check pool_op_kernel_sizes)"
-        )
-
-
-def build_torch_network(member: MemberConfig, weights_dir: Path) -> nn.Module:
-    """The member's network with its hash-checked weights, in eval mode, gradients off."""
-    try:
-        network = build_network(member.architecture, dict(member.arch_kwargs))
-    except (ValueError, TypeError) as exc:
-        raise ManifestError(f"member {member.name!r}: cannot build {member.architecture} ({exc})") from exc
-    state = load_safetensors(weights_dir / member.weights, member.sha256)
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ManifestError(f"member {member.name!r}: {member.weights} does not fit the architecture ({exc})") from exc
-    network.eval()
-    network.requires_grad_(False)
-    return network
-
-
-class EnsembleEngine:
-    """Average of the softmax maps of the manifest's networks.
-
-    Args:
-        config: the manifest's ensemble section.
-        weights_dir: folder holding the member files named in ``config``.
-        device: where the networks run; default CUDA when available, else CPU.
-        num_threads: torch intra-op threads; default :func:`available_cpus`.
-        cpu_bf16: run torch members under bfloat16 autocast on CPU. Off by default: on the 2-core AMD
-            EPYC build machine (no AVX-512 BF16) it was several times slower than fp32; style.md
-            reports 2x faster on CPUs with AVX-512 BF16. Measure before turning it on. On CUDA,
-            members always run under float16 autocast (the T4 has no bfloat16).
-
-    The thread count is set here, once, with ``torch.set_num_threads``: torch sizes its pool from
-    its own defaults or from inherited ``OMP_NUM_THREADS``, and a container may hand the process
-    fewer (or more) CPUs than that. The engine must not read or change environment variables, so
-    it states the count explicitly. Note the setting is process-wide in torch; it is made here,
-    visibly, rather than hidden inside ``segment``.
-    """
-
-    name = "ensemble"
-
-    def __init__(
-        self,
-        config: EnsembleConfig,
-        weights_dir: Path,
-        device: torch.device | str | None = None,
-        num_threads: int | None = None,
-        cpu_bf16: bool = False,
-    ):
-        # The manifest schema guarantees members, backend, file suffixes, label maps and normalisation keys.
-        self.trained_on_real_data = bool(config.trained_on_real_data)
-        self._config = config
-        self._device = torch.device(device) if device is not None else _default_device()
-        self._num_threads = num_threads or available_cpus()
-        torch.set_num_threads(self._num_threads)
-        self._autocast = _autocast_dtype(self._device, cpu_bf16)
-        self._members = tuple(self._load_member(m, Path(weights_dir)) for m in config.members)
-
-    @property
-    def num_classes(self) -> int:
-        return len(CHALLENGE_LABELS)
-
-    def _settings(self, member: MemberConfig, divisor: tuple[int, int, int], whole_roi: bool) -> WindowSettings:
-        return WindowSettings(
-            patch_size=tuple(member.patch_size),  # type: ignore[arg-type]
-            overlap=self._config.overlap,
-            batch_size=self._config.batch_size,
-            mirror_axes=tuple(self._config.mirror_axes),
-            whole_roi_if_fits=whole_roi,
-            size_multiple=math.lcm(_WHOLE_ROI_MULTIPLE, *divisor),
-        )
-
-    def _load_member(self, member: MemberConfig, weights_dir: Path) -> _Member:
-        if self._config.backend == "onnxruntime":
-            return self._load_onnx_member(member, weights_dir)
-        network = build_torch_network(member, weights_dir).to(self._device)
-        divisor = input_divisor(network)
-        _check_patch(member, divisor)
-        log.info(
-            "loaded %s (%s, %d parameters) on %s",
-            member.name,
-            member.architecture,
-            count_parameters(network),
-            self._device,
-        )
-        predictor = _TorchPredictor(network, self._device, self._autocast)
-        return _Member(member, predictor, self._device, self._settings(member, divisor, self._config.whole_roi_if_fits))
-
-    def _load_onnx_member(self, member: MemberConfig, weights_dir: Path) -> _Member:
-        predictor = load_onnx(weights_dir / member.weights, member.sha256, self._num_threads)
-        static = _onnx_static_spatial_shape(predictor)
-        if static is not None and static != tuple(member.patch_size):
-            raise ManifestError(
-                f"member {member.name!r}: ONNX input is fixed at {static}, patch is {member.patch_size}"
-            )
-        log.info("loaded %s (ONNX, providers %s)", member.name, predictor.providers)
-        whole_roi = self._config.whole_roi_if_fits and static is None
-        return _Member(member, predictor, torch.device("cpu"), self._settings(member, (1, 1, 1), whole_roi))
-
-    def _predict(self, member: _Member, image: torch.Tensor) -> torch.Tensor:
-        """(2, z, y, x) normalised image -> (K, z, y, x) float32 probabilities of one member.
-
-        On CUDA out-of-memory it retries once with single windows accumulated on the CPU. The retry
-        happens after the ``except`` block so the failed attempt's tensors (held by the traceback)
-        are freed first.
-        """
-        try:
-            return sliding_window_inference(image, member.predictor, self.num_classes, member.settings, member.device)
-        except torch.OutOfMemoryError:
-            if member.device.type != "cuda":
-                raise
-            log.warning("%s: CUDA out of memory; retrying window by window, summing on the CPU", member.config.name)
-        torch.cuda.empty_cache()
-        settings = replace(member.settings, whole_roi_if_fits=False, batch_size=1)
-        return sliding_window_inference(image, member.predictor, self.num_classes, settings, member.device, "cpu")
-
-    def segment(self, roi: Roi) -> Probabilities:
-        """Per-class probabilities (K, z, y, x) float32 on ``roi.grid``, the mean of the members' softmax maps."""
-        _check_roi(roi)
-        pet = normalise_pet(roi.pet_suv)
-        total: torch.Tensor | None = None
-        for index, member in enumerate(self._members, start=1):
-            start = time.perf_counter()
-            ct = normalise_ct(roi.ct_hu, member.config.ct_normalisation)
-            image = torch.from_numpy(np.stack([ct, pet]))
-            probs = self._predict(member, image).to("cpu", torch.float32)
-            total = probs.clone() if total is None else total.add_(probs)
-            log.info("member %d/%d (%s) done in %.1f s", index, len(self._members), member.config.name,
-                     time.perf_counter() - start)
-        assert total is not None  # at least one member, checked in __init__
-        total.div_(len(self._members))
-        return Probabilities(grid=roi.grid, values=np.ascontiguousarray(total.numpy()), engine=self.name)
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _autocast_dtype(device: torch.device, cpu_bf16: bool) -> torch.dtype | None:
-    if device.type == "cuda":
-        return torch.float16
-    return torch.bfloat16 if cpu_bf16 else None
-
-
-def _onnx_static_spatial_shape(predictor: OnnxPredictor) -> tuple[int, ...] | None:
-    """The (z, y, x) input size an ONNX model is fixed to, or ``None`` when any axis is dynamic."""
-    shape = predictor.input_shape
-    spatial = tuple(shape[2:])
-    return spatial if all(isinstance(s, int) for s in spatial) else None  # type: ignore[return-value]
 
 
 def _check_roi(roi: Roi) -> None:

@@ -126,7 +126,8 @@ class PetThresholdEngine:
     def __init__(self, config: PetThresholdConfig) -> None:
         self.config = config
 
-    def segment(self, roi: Roi) -> Probabilities:
+    def segment(self, roi: Roi, deadline: float | None = None) -> Probabilities:
+        """One-hot probabilities of the lesions found; fast and fixed in cost, so ``deadline`` is not needed."""
         lesions = find_lesions(roi, self.config)
         labels = assign_labels(lesions, roi.midline_x_mm, self.config)
         label_map = np.zeros(roi.pet_suv.shape, dtype=np.uint8)

@@ -1,0 +1,164 @@
+"""Packaging: the wheel holds the package and nothing else, and every image flavour's pins exist on PyPI for
+the image's platform, so that a pin that does not exist fails here and not in the middle of an image build.
+
+The dry runs ask PyPI alone (``PIP_CONFIG_FILE=/dev/null`` and ``--isolated``: this machine's pip config adds
+local wheel folders, e.g. a CPU torch that PyPI does not serve under that name). They resolve for the image's
+platform (CPython 3.11, Debian bookworm's glibc 2.36, x86_64) without installing anything; with pip >= 26 and
+``--use-feature=fast-deps`` they read each wheel's metadata with HTTP range requests instead of downloading it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+PYPI = "https://pypi.org/simple/"
+# The manylinux tags a wheel may carry to install on Debian bookworm (glibc 2.36): pip takes the list as given,
+# so every accepted glibc level is named (manylinux2014 also admits the legacy manylinux2010 and manylinux1).
+IMAGE_PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(17, 37)] + ["manylinux2014_x86_64", "any"]
+# requirement file -> (packages that must be resolved at these versions, packages that must not be there)
+FLAVOURS = {
+    "requirements/core.txt": ({"numpy": "2.4.6", "simpleitk": "2.5.7", "pydantic": "2.14.3"},
+                              {"torch", "onnxruntime", "onnxruntime-gpu"}),
+    # The CUDA 12 build with CUDA 12.6-era libraries (README, Containers): nothing of CUDA 13, no nvJitLink.
+    "requirements/onnxruntime.txt": ({"onnxruntime-gpu": "1.26.0", "nvidia-cudnn-cu12": "9.6.0.74",
+                                      "nvidia-cublas-cu12": "12.6.4.1", "nvidia-cuda-runtime-cu12": "12.6.77",
+                                      "nvidia-cufft-cu12": "11.0.12.1", "nvidia-curand-cu12": "10.3.7.77"},
+                                     {"torch", "onnxruntime", "monai", "triton", "nvidia-nvjitlink-cu12",
+                                      "nvidia-cudnn-cu13", "nvidia-cuda-runtime", "nvidia-cublas", "cuda-toolkit"}),
+    "requirements/torch.txt": ({"torch": "2.13.0", "safetensors": "0.8.0", "monai": "1.6.1"},
+                               {"onnxruntime", "onnxruntime-gpu"}),
+    "requirements.txt": ({"torch": "2.13.0", "onnxruntime": "1.26.0", "onnx": "1.23.2"}, {"onnxruntime-gpu"}),
+}
+# The local CPU onnxruntime and the image's onnxruntime-gpu are one release (tests run the version that ships).
+SAME_RELEASE = ("requirements.txt", "onnxruntime", "requirements/onnxruntime.txt", "onnxruntime-gpu")
+
+
+def _pip(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    # No pip configuration at all: neither this machine's extra indexes and wheel folders nor its constraints.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, check=False)
+
+
+def _cert_args() -> list[str]:
+    return ["--cert", str(CA_BUNDLE)] if CA_BUNDLE.is_file() else []
+
+
+@pytest.fixture(scope="module")
+def pypi() -> None:
+    """Skip (with the reason) only when PyPI cannot be reached at all; any other failure is a test failure."""
+    context = ssl.create_default_context(cafile=str(CA_BUNDLE) if CA_BUNDLE.is_file() else None)
+    try:
+        with urllib.request.urlopen(PYPI + "pip/", timeout=20, context=context) as response:
+            response.read(1)
+    except OSError as exc:
+        pytest.skip(f"PyPI ({PYPI}) cannot be reached from here: {exc}")
+
+
+@pytest.fixture(scope="module")
+def fast_deps() -> list[str]:
+    """``--use-feature=fast-deps`` where this pip has it (it only changes how metadata is fetched): pip refuses
+    an unknown feature name with exit status 2 even when only asked for ``--help``."""
+    probe = _pip("install", "--use-feature=fast-deps", "--help", timeout=60)
+    return ["--use-feature=fast-deps"] if probe.returncode == 0 else []
+
+
+@pytest.mark.parametrize("requirements", list(FLAVOURS))
+def test_pins_resolve_on_pypi_for_the_image_platform(pypi: None, fast_deps: list[str], tmp_path: Path,
+                                                     requirements: str) -> None:
+    report = tmp_path / "report.json"
+    platforms = [arg for platform in IMAGE_PLATFORMS for arg in ("--platform", platform)]
+    start = time.perf_counter()
+    result = _pip("install", "--isolated", "--dry-run", "--ignore-installed", "--no-cache-dir", *fast_deps,
+                  *_cert_args(), "--index-url", PYPI, "--target", str(tmp_path / "target"), "--only-binary=:all:",
+                  "--python-version", "3.11", *platforms, "--report", str(report), "-r", str(REPO / requirements))
+    seconds = time.perf_counter() - start
+    assert result.returncode == 0, f"{requirements} does not resolve on PyPI:\n{result.stderr[-3000:]}"
+
+    resolved = {re.sub(r"[-_.]+", "-", item["metadata"]["name"]).lower(): item
+                for item in json.loads(report.read_text())["install"]}
+    must, must_not = FLAVOURS[requirements]
+    for name, version in must.items():
+        assert name in resolved, f"{requirements}: {name} not resolved"
+        assert resolved[name]["metadata"]["version"] == version, f"{requirements}: {name}"
+    assert not must_not & resolved.keys(), f"{requirements} pulls in {sorted(must_not & resolved.keys())}"
+    # From PyPI's file host, as the image build will fetch them.
+    hosts = {item["download_info"]["url"].split("/")[2] for item in resolved.values()}
+    assert hosts == {"files.pythonhosted.org"}, hosts
+    print(f"{requirements}: {len(resolved)} distributions resolved in {seconds:.1f} s")
+
+
+def _copy_source_tree(target: Path) -> Path:
+    """The repository as a checkout has it (training/, bench/, test/ included, which setuptools must leave out),
+    copied so that the build's own build/ and *.egg-info folders do not land in the working tree."""
+    ignore = shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "output", "__pycache__", "*.pyc",
+                                    "*.egg-info", ".pytest_cache", ".ruff_cache", "*.tar.gz*", ".hecktor2025-*")
+    return Path(shutil.copytree(REPO, target, ignore=ignore))
+
+
+def test_wheel_holds_the_package_and_nothing_else(tmp_path: Path) -> None:
+    source = _copy_source_tree(tmp_path / "src")
+    try:
+        import setuptools
+
+        # The venv's setuptools builds offline; without it pip fetches one into an isolated build environment.
+        isolation = ["--no-build-isolation"] if int(setuptools.__version__.split(".")[0]) >= 61 else []
+    except ImportError:
+        isolation = []
+    result = _pip("wheel", "--no-deps", *isolation, "--wheel-dir", str(tmp_path / "wheels"), str(source))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (wheel,) = (tmp_path / "wheels").glob("hecktor-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+
+    top_level = {name.split("/")[0] for name in names}
+    assert top_level == {"hecktor", "hecktor-0.1.0.dist-info"}, top_level
+    packaged = {name for name in names if name.startswith("hecktor/")}
+    expected = {path.relative_to(REPO).as_posix() for path in (REPO / "hecktor").rglob("*.py")
+                if "__pycache__" not in path.parts}
+    assert packaged == expected, (sorted(packaged - expected), sorted(expected - packaged))
+
+    entry_points = zipfile.ZipFile(wheel).read("hecktor-0.1.0.dist-info/entry_points.txt").decode()
+    assert "hecktor-inference = hecktor.cli:inference_main" in entry_points
+    metadata = zipfile.ZipFile(wheel).read("hecktor-0.1.0.dist-info/METADATA").decode()
+    assert "Requires-Python: >=3.11" in metadata
+
+
+def test_requirement_files_include_the_core_once() -> None:
+    """The image flavours and the local set share requirements/core.txt instead of repeating its pins."""
+    def pins(path: Path) -> dict[str, str]:
+        found = {}
+        for line in path.read_text().splitlines():
+            line = line.split("#")[0].strip()
+            if line and not line.startswith("-"):
+                name, _, version = line.partition("==")
+                assert version, f"{path.name}: {line!r} is not pinned with =="
+                found[name.lower()] = version
+        return found
+
+    core = pins(REPO / "requirements/core.txt")
+    for flavour in ["onnxruntime", "torch"]:
+        text = (REPO / f"requirements/{flavour}.txt").read_text()
+        assert "-r core.txt" in text.splitlines(), flavour
+        assert not core.keys() & pins(REPO / f"requirements/{flavour}.txt").keys(), flavour
+    assert "-r requirements/torch.txt" in (REPO / "requirements.txt").read_text().splitlines()
+    local_file, local_name, image_file, image_name = SAME_RELEASE
+    assert pins(REPO / local_file)[local_name] == pins(REPO / image_file)[image_name]
+    # Packages that the package never imports stay out (dynamic-network-architectures drags in timm/torchvision).
+    every_pin = {name for path in (REPO / "requirements").glob("*.txt") for name in pins(path)}
+    every_pin |= pins(REPO / "requirements.txt").keys()
+    assert not every_pin & {"dynamic-network-architectures", "psutil", "torchvision", "timm"}
