@@ -7,7 +7,9 @@ usage() {
 usage: ./build.sh TASK [--flavour onnxruntime|torch] [--engine docker|podman] [--weights DIR]
                        [--host-ca FILE] [-- EXTRA BUILD ARGS...]
 
-  TASK            1, 2 or 3: the task baked into the image's entry point (one image per task).
+  TASK            1, 2 or 3: the task baked into the image's entry point (one image per task); or
+                  "training": the training image (training/Dockerfile, tagged hecktor2025-training; no flavour,
+                  no --weights: it carries model_weights/ for its ROI settings and Task 2/3 files).
   --flavour F     onnxruntime (default, for submission: ONNX Runtime + CUDA provider, no torch) or torch.
   --engine E      docker or podman (default: docker when its daemon answers, else podman).
   --weights DIR   model folder copied into the image (default model_weights); must lie inside this repository
@@ -40,7 +42,7 @@ while [ $# -gt 0 ]; do
     *) [ -z "$task" ] || { echo "build.sh: one TASK only" >&2; usage; }; task="$1"; shift;;
   esac
 done
-case "$task" in 1|2|3) ;; *) echo "build.sh: TASK must be 1, 2 or 3, got '${task}'" >&2; usage;; esac
+case "$task" in 1|2|3|training) ;; *) echo "build.sh: TASK must be 1, 2, 3 or training, got '${task}'" >&2; usage;; esac
 case "$flavour" in onnxruntime|torch) ;; *) echo "build.sh: --flavour must be onnxruntime or torch" >&2; usage;; esac
 
 if [ -z "$engine" ]; then
@@ -52,15 +54,22 @@ fi
 case "$engine" in docker|podman) ;; *) echo "build.sh: --engine must be docker or podman" >&2; usage;; esac
 command -v "$engine" >/dev/null 2>&1 || { echo "build.sh: $engine is not installed" >&2; exit 2; }
 
-# The Dockerfile COPYs the model folder from the build context, so it must lie inside the repository.
-[ -f "$weights/manifest.json" ] || { echo "build.sh: $weights/manifest.json not found" >&2; exit 2; }
-weights_rel="$(realpath --relative-to="$repo" "$weights")"
-case "$weights_rel" in
-  ..|../*) echo "build.sh: --weights must lie inside $repo (the build context), got $weights" >&2; exit 2;;
-esac
-
-args=(--file Dockerfile --build-arg "TASK=$task" --build-arg "FLAVOUR=$flavour"
-      --build-arg "MODEL_WEIGHTS=$weights_rel" --target image)
+if [ "$task" = training ]; then
+  args=(--file training/Dockerfile --target image)
+  tag="hecktor2025-training"
+  what="training image"
+else
+  # The Dockerfile COPYs the model folder from the build context, so it must lie inside the repository.
+  [ -f "$weights/manifest.json" ] || { echo "build.sh: $weights/manifest.json not found" >&2; exit 2; }
+  weights_rel="$(realpath --relative-to="$repo" "$weights")"
+  case "$weights_rel" in
+    ..|../*) echo "build.sh: --weights must lie inside $repo (the build context), got $weights" >&2; exit 2;;
+  esac
+  args=(--file Dockerfile --build-arg "TASK=$task" --build-arg "FLAVOUR=$flavour"
+        --build-arg "MODEL_WEIGHTS=$weights_rel" --target image)
+  tag="hecktor2025-task${task}-${flavour}"
+  what="flavour $flavour, models from $weights_rel"
+fi
 if [ -n "$host_ca" ]; then
   [ "$engine" = podman ] || { echo "build.sh: --host-ca needs podman (docker build has no --volume)" >&2; exit 2; }
   [ -r "$host_ca" ] || { echo "build.sh: --host-ca $host_ca is not readable" >&2; exit 2; }
@@ -70,8 +79,7 @@ fi
 commit="$(git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)"
 args+=(--label "hecktor.source-commit=$commit")
 
-tag="hecktor2025-task${task}-${flavour}"
-echo "building $tag with $engine (flavour $flavour, models from $weights_rel)"
+echo "building $tag with $engine ($what)"
 start=$(date +%s)
 "$engine" build "${args[@]}" "${extra[@]}" --tag "$tag" .
 elapsed=$(( $(date +%s) - start ))

@@ -25,6 +25,7 @@ a box that the field of view may have clipped on one side.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cc3d
@@ -34,6 +35,7 @@ import SimpleITK as sitk
 from hecktor.geometry import (
     frame_bounds,
     frame_coordinates_of_indices,
+    image_on_grid,
     index_box_in_frame_box,
     make_grid,
     patient_frame,
@@ -51,8 +53,10 @@ __all__ = [
     "RoiPlacement",
     "common_extent",
     "extract_roi",
+    "label_volumes_ml",
     "locate_brain",
     "place_roi",
+    "resample_labels_to_grid",
     "roi_grid",
 ]
 
@@ -248,8 +252,44 @@ def place_roi(case: Case, config: PreprocessConfig) -> RoiPlacement:
     return RoiPlacement(grid=grid, frame=frame, brain=brain, located_by=located_by)
 
 
-def extract_roi(case: Case, config: PreprocessConfig) -> Roi:
-    """Locate the ROI on the PET and resample CT (HU) and PET (SUV) inside it to 1 mm."""
+def resample_labels_to_grid(labels: sitk.Image, grid: sitk.Image, num_labels: int = 2) -> np.ndarray:
+    """A label image (0 = background, 1..``num_labels``) on ``grid``, as uint8 (z, y, x).
+
+    nnU-Net's way of resampling segmentations: every label's binary mask is resampled with linear
+    interpolation and each voxel takes the label of largest interpolated value (background included).
+    Unlike nearest neighbour this does not shift boundaries by up to half a source voxel (a 3.3 mm
+    slice), so lesion volumes are kept (checked on real masks in ``test/test_preprocess_labels.py``).
+    Outside ``labels``' extent is background.
+    """
+    values = sitk.GetArrayFromImage(labels)
+    best: np.ndarray | None = None
+    out = np.zeros(tuple(reversed(grid.GetSize())), dtype=np.uint8)
+    for label in range(num_labels + 1):
+        mask = image_on_grid((values == label).astype(np.float32), labels)
+        resampled = sitk.GetArrayFromImage(resample_to_grid(mask, grid, "linear", 1.0 if label == 0 else 0.0))
+        if best is None:
+            best = resampled
+            continue
+        wins = resampled > best
+        out[wins] = label
+        np.maximum(best, resampled, out=best)
+    return out
+
+
+def label_volumes_ml(labels: np.ndarray, spacing_mm: Sequence[float], num_labels: int = 2) -> dict[int, float]:
+    """Volume (mL) of each label 1..``num_labels`` of a (z, y, x) label array with ``spacing_mm`` (x, y, z) voxels."""
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    counts = np.bincount(labels.ravel(), minlength=num_labels + 1)
+    return {label: float(counts[label]) * voxel_ml for label in range(1, num_labels + 1)}
+
+
+def extract_roi(case: Case, config: PreprocessConfig, labels: sitk.Image | None = None) -> Roi:
+    """Locate the ROI on the PET and resample CT (HU) and PET (SUV) inside it to 1 mm.
+
+    ``labels``: an optional reference label image (any grid in the same physical frame, normally the
+    CT's), returned on the ROI grid in ``Roi.labels`` by :func:`resample_labels_to_grid`; training
+    prepares its data through this same function, so networks see exactly the inference ROI.
+    """
     placement = place_roi(case, config)
     grid, frame, brain = placement.grid, placement.frame, placement.brain
     ct_hu = sitk.GetArrayFromImage(resample_to_grid(case.ct, grid, config.interpolator, CT_AIR_HU))
@@ -267,6 +307,7 @@ def extract_roi(case: Case, config: PreprocessConfig) -> Roi:
         midline_x_mm=midline_x,
         midline_from=midline_from,
         brain_bottom_mm=brain.bottom if brain is not None else None,
+        labels=resample_labels_to_grid(labels, grid) if labels is not None else None,
     )
 
 

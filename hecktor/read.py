@@ -345,7 +345,14 @@ def read_image(path: Path, role: str, root: Path | None = None) -> tuple[sitk.Im
     return _replace_non_finite(image, path, role)
 
 
-def _pet_in_suv(pet: sitk.Image, path: Path) -> tuple[sitk.Image, list[RecoverableProblem]]:
+def _pet_in_suv(
+    pet: sitk.Image, path: Path, known_suv_factor: float | None = None
+) -> tuple[sitk.Image, list[RecoverableProblem]]:
+    if known_suv_factor is not None:
+        if not (math.isfinite(known_suv_factor) and known_suv_factor > 0):
+            raise InputError(f"{path}: the Bq/mL-to-SUV factor must be a positive number, got {known_suv_factor!r}")
+        log.info("%s: PET converted to SUV with the known factor %.6g (no unit detection)", path, known_suv_factor)
+        return pet * known_suv_factor, []
     values = sitk.GetArrayViewFromImage(pet)  # ``pet`` outlives this view
     peak = float(values.max())
     if peak <= 0.0:
@@ -390,13 +397,17 @@ def _read_optional(path: Path | None, role: str, root: Path) -> tuple[sitk.Image
     return image, problems
 
 
-def read_case(input_dir: Path) -> Case:
-    """Read and validate one case; PET is returned in SUV. Recoverable problems are in ``Case.problems``."""
+def read_case(input_dir: Path, known_suv_factor: float | None = None) -> Case:
+    """Read and validate one case; PET is returned in SUV. Recoverable problems are in ``Case.problems``.
+
+    ``known_suv_factor``: the PET's Bq/mL-to-SUVbw factor when it is known from its DICOM tags (training
+    data of patients delivered in Bq/mL); it replaces the run-time unit detection, which must estimate it.
+    """
     files, problems = find_case_files(input_dir)
     log.info("case %s: CT %s, PET %s, ehr %s", files.case_id, files.ct.name, files.pet.name, files.ehr)
     ct, ct_problems = read_image(files.ct, "CT", files.root)
     pet, pet_problems = read_image(files.pet, "PET", files.root)
-    pet, unit_problems = _pet_in_suv(pet, files.pet)
+    pet, unit_problems = _pet_in_suv(pet, files.pet, known_suv_factor)
     clinical, clinical_problems = _read_clinical(files)
     planning_ct, planning_problems = _read_optional(files.planning_ct, "planning CT", files.root)
     rt_dose, dose_problems = _read_optional(files.rt_dose, "RT dose", files.root)

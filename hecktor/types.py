@@ -107,6 +107,9 @@ class Roi:
     midline_x_mm: float
     midline_from: str  # "brain centroid", "body centre on the CT" or the ROI-centre fallback
     brain_bottom_mm: float | None = None  # frame z of the brain's lowest point
+    # Reference labels (uint8 (z, y, x), 0/1/2) on ``grid``, only when extract_roi was given a label image
+    # (training: hecktor's ``training prepare``); inference never has them.
+    labels: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

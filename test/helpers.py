@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -56,3 +58,10 @@ def independent_linear_predictor(model: dict, known: dict[str, float]) -> float:
             x = known.get(col, model["medians"][col])
         total += coef * min(max((x - mean) / std, -model["z_clip"]), model["z_clip"])
     return total
+
+
+def clinical_training_module() -> ModuleType:
+    """``training/train_clinical_models.py`` as a module; skips when its training dependencies are not installed."""
+    pytest.importorskip("sksurv", reason="scikit-survival (training dependency) is not installed")
+    pytest.importorskip("sklearn", reason="scikit-learn (training dependency) is not installed")
+    return importlib.import_module("training.train_clinical_models")

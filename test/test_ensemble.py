@@ -93,7 +93,9 @@ def test_engine_gives_probabilities_on_the_roi_grid(stunet_dir: Path) -> None:
     assert probs.values.std() > 0
 
 
-def test_ensemble_is_the_mean_of_its_members(stunet_dir: Path) -> None:
+def test_ensemble_averages_its_members_logits(stunet_dir: Path) -> None:
+    """nnU-Net's fold ensembling: softmax of the mean logits, i.e. the normalised geometric mean of the
+    members' probabilities (softmax(log p) = p, and a per-voxel constant cancels in the softmax)."""
     manifest = load_manifest(stunet_dir)
     assert manifest.ensemble is not None
     roi = tiny_roi()
@@ -102,7 +104,9 @@ def test_ensemble_is_the_mean_of_its_members(stunet_dir: Path) -> None:
     for member in manifest.ensemble.members:
         config = replace(manifest.ensemble, members=(member,))
         singles.append(load_ensemble(config, stunet_dir, device="cpu").segment(roi).values)
-    np.testing.assert_allclose(both, (singles[0] + singles[1]) / 2, rtol=1e-5, atol=1e-6)
+    geometric = np.sqrt(singles[0].astype(np.float64) * singles[1])
+    np.testing.assert_allclose(both, geometric / geometric.sum(axis=0), rtol=1e-4, atol=1e-6)
+    assert not np.allclose(both, (singles[0] + singles[1]) / 2, rtol=1e-3, atol=1e-4)  # not the arithmetic mean
     assert not np.allclose(singles[0], singles[1])
 
 

@@ -42,7 +42,17 @@ FLAVOURS = {
     "requirements/torch.txt": ({"torch": "2.13.0", "safetensors": "0.8.0", "monai": "1.6.1"},
                                {"onnxruntime", "onnxruntime-gpu"}),
     "requirements.txt": ({"torch": "2.13.0", "onnxruntime": "1.26.0", "onnx": "1.23.2"}, {"onnxruntime-gpu"}),
+    # The training image (training/Dockerfile): nnU-Net v2 on the product's pins, the CUDA 13 torch.
+    "training/requirements.txt": ({"nnunetv2": "2.8.1", "torch": "2.13.0", "torchvision": "0.28.0",
+                                   "numpy": "2.4.6", "scipy": "1.17.1", "simpleitk": "2.5.7", "pandas": "3.1.1",
+                                   "pydantic": "2.14.3", "monai": "1.6.1", "onnx": "1.23.2",
+                                   "acvl-utils": "0.2.6", "scikit-survival": "0.28.0"},
+                                  {"onnxruntime", "onnxruntime-gpu"}),
 }
+# Pins that PyPI publishes as an sdist only (pure Python): a dry run for another platform takes wheels alone, so the
+# test builds these from PyPI's sdist first and offers the wheel with --find-links; the image build lets pip build
+# them (training/Dockerfile: --only-binary=:all: --no-binary=NAME).
+SDIST_ONLY = {"training/requirements.txt": ("acvl-utils",)}
 # The local CPU onnxruntime and the image's onnxruntime-gpu are one release (tests run the version that ships).
 SAME_RELEASE = ("requirements.txt", "onnxruntime", "requirements/onnxruntime.txt", "onnxruntime-gpu")
 
@@ -57,6 +67,31 @@ def _pip(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
 
 def _cert_args() -> list[str]:
     return ["--cert", str(CA_BUNDLE)] if CA_BUNDLE.is_file() else []
+
+
+def _pins(path: Path) -> dict[str, str]:
+    """The ``name==version`` lines of one requirement file (not those of the files it includes)."""
+    found = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            name, _, version = line.partition("==")
+            assert version, f"{path.name}: {line!r} is not pinned with =="
+            found[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return found
+
+
+def _wheels_from_sdists(requirements: str, wheel_dir: Path) -> list[str]:
+    """Build the sdist-only pins of ``requirements`` into ``wheel_dir`` (from PyPI, no dependencies); the
+    ``--find-links`` arguments that offer them to the dry run."""
+    names = SDIST_ONLY.get(requirements, ())
+    if not names:
+        return []
+    pins = _pins(REPO / requirements)
+    result = _pip("wheel", "--isolated", "--no-cache-dir", *_cert_args(), "--index-url", PYPI, "--no-deps",
+                  "--no-binary=:all:", "--wheel-dir", str(wheel_dir), *(f"{name}=={pins[name]}" for name in names))
+    assert result.returncode == 0, f"{requirements}: cannot build {names} from PyPI's sdist:\n{result.stderr[-3000:]}"
+    return ["--find-links", str(wheel_dir)]
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +119,10 @@ def test_pins_resolve_on_pypi_for_the_image_platform(pypi: None, fast_deps: list
     report = tmp_path / "report.json"
     platforms = [arg for platform in IMAGE_PLATFORMS for arg in ("--platform", platform)]
     start = time.perf_counter()
+    find_links = _wheels_from_sdists(requirements, tmp_path / "sdist-wheels")
     result = _pip("install", "--isolated", "--dry-run", "--ignore-installed", "--no-cache-dir", *fast_deps,
-                  *_cert_args(), "--index-url", PYPI, "--target", str(tmp_path / "target"), "--only-binary=:all:",
+                  *_cert_args(), "--index-url", PYPI, *find_links, "--target", str(tmp_path / "target"),
+                  "--only-binary=:all:",
                   "--python-version", "3.11", *platforms, "--report", str(report), "-r", str(REPO / requirements))
     seconds = time.perf_counter() - start
     assert result.returncode == 0, f"{requirements} does not resolve on PyPI:\n{result.stderr[-3000:]}"
@@ -97,8 +134,9 @@ def test_pins_resolve_on_pypi_for_the_image_platform(pypi: None, fast_deps: list
         assert name in resolved, f"{requirements}: {name} not resolved"
         assert resolved[name]["metadata"]["version"] == version, f"{requirements}: {name}"
     assert not must_not & resolved.keys(), f"{requirements} pulls in {sorted(must_not & resolved.keys())}"
-    # From PyPI's file host, as the image build will fetch them.
-    hosts = {item["download_info"]["url"].split("/")[2] for item in resolved.values()}
+    # From PyPI's file host, as the image build will fetch them (the sdist-only pins: built here from PyPI's sdist).
+    sdist_only = SDIST_ONLY.get(requirements, ())
+    hosts = {item["download_info"]["url"].split("/")[2] for name, item in resolved.items() if name not in sdist_only}
     assert hosts == {"files.pythonhosted.org"}, hosts
     print(f"{requirements}: {len(resolved)} distributions resolved in {seconds:.1f} s")
 
@@ -140,16 +178,7 @@ def test_wheel_holds_the_package_and_nothing_else(tmp_path: Path) -> None:
 
 def test_requirement_files_include_the_core_once() -> None:
     """The image flavours and the local set share requirements/core.txt instead of repeating its pins."""
-    def pins(path: Path) -> dict[str, str]:
-        found = {}
-        for line in path.read_text().splitlines():
-            line = line.split("#")[0].strip()
-            if line and not line.startswith("-"):
-                name, _, version = line.partition("==")
-                assert version, f"{path.name}: {line!r} is not pinned with =="
-                found[name.lower()] = version
-        return found
-
+    pins = _pins
     core = pins(REPO / "requirements/core.txt")
     for flavour in ["onnxruntime", "torch"]:
         text = (REPO / f"requirements/{flavour}.txt").read_text()
@@ -162,3 +191,19 @@ def test_requirement_files_include_the_core_once() -> None:
     every_pin = {name for path in (REPO / "requirements").glob("*.txt") for name in pins(path)}
     every_pin |= pins(REPO / "requirements.txt").keys()
     assert not every_pin & {"dynamic-network-architectures", "psutil", "torchvision", "timm"}
+
+
+def test_training_set_builds_on_the_product_pins() -> None:
+    """The training image installs the product's runtime pins (requirements/torch.txt, itself on the core) plus
+    what training adds, without repeating or overriding any of them; the dev set (CI) includes it; the image build
+    lets pip build exactly the sdist-only pins from source."""
+    training = REPO / "training/requirements.txt"
+    assert "-r ../requirements/torch.txt" in training.read_text().splitlines()
+    product = _pins(REPO / "requirements/core.txt") | _pins(REPO / "requirements/torch.txt")
+    assert not product.keys() & _pins(training).keys(), sorted(product.keys() & _pins(training).keys())
+    # Pinned in both the local set and the training set: one version.
+    for name in _pins(REPO / "requirements.txt").keys() & _pins(training).keys():
+        assert _pins(REPO / "requirements.txt")[name] == _pins(training)[name], name
+    assert "-r training/requirements.txt" in (REPO / "requirements-dev.txt").read_text().splitlines()
+    dockerfile = (REPO / "training/Dockerfile").read_text()
+    assert f"--no-binary={','.join(SDIST_ONLY['training/requirements.txt'])} " in dockerfile

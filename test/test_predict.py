@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
-from helpers import independent_linear_predictor
+from helpers import clinical_training_module, independent_linear_predictor
 
 from hecktor.manifest import DEFAULT_WEIGHTS_DIR, ManifestError
 from hecktor.metrics import harrell_c_index
@@ -53,19 +50,6 @@ def _measurements(**overrides: float | int | None) -> Measurements:
     }
     values.update(overrides)
     return Measurements(**values)
-
-
-def _training_module() -> ModuleType:
-    pytest.importorskip("sksurv", reason="scikit-survival (training dependency) is not installed")
-    pytest.importorskip("sklearn", reason="scikit-learn (training dependency) is not installed")
-    if "train_clinical_models" in sys.modules:
-        return sys.modules["train_clinical_models"]
-    spec = importlib.util.spec_from_file_location("train_clinical_models", TRAIN_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(module)
-    return module
-
 
 # --------------------------------------------------------------------------- shipped models
 
@@ -367,7 +351,7 @@ def test_harrell_c_index_sign_hand_made() -> None:
 
 def test_training_cox_fit_sign_and_json_round_trip(tmp_path: Path) -> None:
     """A feature that shortens survival gets a positive coefficient and the saved JSON reproduces the model."""
-    train = _training_module()
+    train = clinical_training_module()
     rng = np.random.default_rng(0)
     n = 300
     vol = rng.uniform(0.0, 60.0, n)
@@ -390,7 +374,7 @@ def test_training_cox_fit_sign_and_json_round_trip(tmp_path: Path) -> None:
 
 
 def test_training_threshold_rule_prefers_half_on_ties() -> None:
-    train = _training_module()
+    train = clinical_training_module()
     y = np.array([1, 1, 0, 0, 1, 0], float)
     p = np.array([0.9, 0.8, 0.1, 0.2, 0.95, 0.05])
     centres = np.array([1, 1, 1, 2, 2, 2])

@@ -94,8 +94,9 @@ def test_engine_runs_the_minimum_when_the_deadline_has_passed(tmp_path, caplog):
     # The minimum: the first member alone, overlap 0, no mirroring.
     first = engine._members[0]
     image = np.stack([normalise_ct(roi.ct_hu, first.config.ct_normalisation), normalise_pet(roi.pet_suv)])
-    expected = first.runner.probabilities(image, replace(first.settings, overlap=0.0, mirror_axes=()))
-    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    logits = first.runner.logits(image, replace(first.settings, overlap=0.0, mirror_axes=()))
+    expected = np.exp(logits) / np.exp(logits).sum(axis=0)  # one softmax over the member's blended logits
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
 
 
 def test_engine_runs_as_configured_when_time_is_ample(tmp_path, caplog):
@@ -142,7 +143,7 @@ class _SlowedRunner:
     def seconds_per_window(self, image: np.ndarray, settings) -> float:
         return 1e-4
 
-    def probabilities(self, image: np.ndarray, settings) -> np.ndarray:
+    def logits(self, image: np.ndarray, settings) -> np.ndarray:
         time.sleep(self.run_s)
         out = np.full((3, *image.shape[1:]), (1.0 - self.value) / 2, dtype=np.float32)
         out[0] = self.value
@@ -165,7 +166,10 @@ def test_engine_replans_after_each_member_when_the_machine_slows_down(tmp_path, 
     ran = caplog.text.count(" done in ")
     assert 1 <= ran < len(values) and "re-planned after member 1" in caplog.text
     assert time.monotonic() <= deadline - NETWORK_RESERVE_S + 0.5  # finished about in time
-    np.testing.assert_allclose(out[0], np.mean(values[:ran]), rtol=1e-6)  # the mean of those that ran
+    # The softmax of the mean logits of those that ran (each runner's logits: v, (1-v)/2, (1-v)/2).
+    mean = np.mean(values[:ran])
+    logits = np.array([mean, (1 - mean) / 2, (1 - mean) / 2])
+    np.testing.assert_allclose(out[0], np.exp(logits[0]) / np.exp(logits).sum(), rtol=1e-6)
 
 
 def test_plan_skips_an_overlap_that_saves_no_window():

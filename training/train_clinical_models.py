@@ -42,6 +42,7 @@ if str(REPO) not in sys.path:  # allow `python training/train_clinical_models.py
 from hecktor.clinical import clinical_record_from_mapping  # noqa: E402
 from hecktor.metrics import balanced_accuracy, harrell_c_index  # noqa: E402
 from hecktor.predict import MISSING_SUFFIX, LinearModel, design_matrix, raw_features  # noqa: E402
+from hecktor.validation import bootstrap_ci, leave_one_group_out  # noqa: E402
 
 logger = logging.getLogger("train_clinical_models")
 
@@ -53,6 +54,12 @@ Z_CLIP = 5.0
 N_BOOT = 1000
 SEED = 20250
 THRESHOLD_GRID = np.round(np.arange(0.20, 0.801, 0.01), 2)
+# Fitted parameters are kept to this many significant digits (and |value| < ZERO_BELOW is 0). The last
+# bits of a fit depend on the BLAS kernel the CPU selects (OpenBLAS picks AVX2 or AVX-512 code at load
+# time, each summing in its own order): ~1e-16 relative, far below this quantum and far below any effect
+# on a prediction, so the same data give byte-identical model files on every machine.
+SIGNIFICANT_DIGITS = 10
+ZERO_BELOW = 1e-12
 
 _VOL = ("log_gtvp_volume", "log_gtvn_volume")
 _SUV = ("log_gtvp_suvmax", "log_gtvn_suvmax")
@@ -173,15 +180,30 @@ def _standardised(columns: Sequence[str], raws: Sequence[dict]) -> tuple[dict, n
     return medians, (x - means) / stds, means, stds
 
 
+def stable_float(value: float) -> float:
+    """``value`` rounded to SIGNIFICANT_DIGITS significant digits; ``|value| < ZERO_BELOW`` (and -0.0) gives 0.0.
+
+    Drops the bits of a fitted parameter that are rounding noise of the arithmetic path (BLAS kernel,
+    solver path), so that the model, its JSON and the figures computed from it do not depend on the CPU.
+    """
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"non-finite model parameter {value!r}")
+    if abs(value) < ZERO_BELOW:
+        return 0.0
+    return float(f"{value:.{SIGNIFICANT_DIGITS}g}") + 0.0
+
+
 def _linear_model(kind: str, cand: Candidate, medians: dict, means, stds, coefs, intercept: float) -> LinearModel:
+    """The model with its parameters rounded by :func:`stable_float`: what is scored in memory is what is saved."""
     return LinearModel(
         kind=kind,
         columns=cand.columns,
-        medians=medians,
-        means=tuple(float(v) for v in means),
-        stds=tuple(float(v) for v in stds),
-        coefs=tuple(float(v) for v in coefs),
-        intercept=float(intercept),
+        medians={k: stable_float(v) for k, v in medians.items()},
+        means=tuple(stable_float(v) for v in means),
+        stds=tuple(stable_float(v) for v in stds),
+        coefs=tuple(stable_float(v) for v in coefs),
+        intercept=stable_float(intercept),
         z_clip=Z_CLIP,
     )
 
@@ -202,7 +224,9 @@ def fit_hpv(data: Dataset, cand: Candidate) -> LinearModel:
     ok = np.isfinite(data.hpv)
     raws = [r for r, keep in zip(data.raws, ok, strict=True) if keep]
     medians, z, means, stds = _standardised(cand.columns, raws)
-    clf = LogisticRegression(C=cand.penalty, class_weight="balanced", max_iter=5000)
+    # Newton steps to a gradient below 1e-10: the fit stops at the optimum, not wherever L-BFGS (tol 1e-4) met
+    # its stopping rule along a path that the BLAS kernel's rounding can change.
+    clf = LogisticRegression(C=cand.penalty, class_weight="balanced", solver="newton-cholesky", tol=1e-10, max_iter=100)
     clf.fit(np.clip(z, -Z_CLIP, Z_CLIP), data.hpv[ok].astype(int))
     return _linear_model("logistic_l2_balanced", cand, medians, means, stds, clf.coef_[0], clf.intercept_[0])
 
@@ -251,25 +275,32 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, centres: np.ndarray) -> float
     return float(best)
 
 
-def bootstrap_ci(
-    stat: Callable[[np.ndarray], float], strata: np.ndarray, n_boot: int = N_BOOT, seed: int = SEED
-) -> tuple[float, float]:
-    """95 % percentile interval; resampling patients within each stratum (centre) keeps centre sizes fixed."""
-    rng = np.random.default_rng(seed)
-    groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
-    values = []
-    for _ in range(n_boot):
-        idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
-        v = stat(idx)
-        if np.isfinite(v):
-            values.append(v)
-    if not values:
-        return float("nan"), float("nan")
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return float(lo), float(hi)
+def ci95(stat: Callable[..., float], *arrays: np.ndarray, strata: np.ndarray | None = None) -> tuple[float, float]:
+    """95 % percentile interval of ``stat(*arrays)`` (:func:`hecktor.validation.bootstrap_ci`, N_BOOT resamples,
+    seed SEED); with ``strata`` (the centre) patients are resampled within each centre, keeping centre sizes."""
+    return bootstrap_ci(stat, *arrays, n_resamples=N_BOOT, seed=SEED, alpha=0.05, strata=strata)
 
 
 # --------------------------------------------------------------------------- LOCO
+
+
+def centre_name(centre: object) -> str:
+    return CENTRE_NAMES.get(int(centre), str(centre))
+
+
+def loco_folds(data: Dataset) -> list[tuple[str, np.ndarray]]:
+    """Leave-one-centre-out folds (:func:`hecktor.validation.leave_one_group_out` over the patients' centres)
+    as ``(centre name, held-out mask)`` in centre-id order, the order the reports list the centres in.
+
+    Masks keep ``data``'s row order, so every fit sees its training patients in the table's order.
+    """
+    names = {c: centre_name(c) for c in np.unique(data.centres)}
+    group_of = dict(zip(data.patient_ids, (names[c] for c in data.centres), strict=True))
+    if len(group_of) != len(data.patient_ids):
+        raise ValueError("duplicate patient ids in the training table")
+    folds = {f.name: f for f in leave_one_group_out(group_of)}
+    ids = np.asarray(data.patient_ids)
+    return [(name, np.isin(ids, folds[name].validation)) for name in names.values()]
 
 
 def candidates(feature_sets: dict[str, tuple[str, ...]], penalties: Sequence[float]) -> list[Candidate]:
@@ -279,8 +310,7 @@ def candidates(feature_sets: dict[str, tuple[str, ...]], penalties: Sequence[flo
 def loco_scores(data: Dataset, fit: Callable, cand: Candidate) -> np.ndarray:
     """Out-of-centre scores: each centre scored by a model fitted on the other centres."""
     out = np.full(len(data.patient_ids), np.nan)
-    for c in np.unique(data.centres):
-        held = data.centres == c
+    for _, held in loco_folds(data):
         model = fit(data.subset(np.flatnonzero(~held)), cand)
         out[held] = scores(model, data.subset(np.flatnonzero(held)))
     return out
@@ -309,12 +339,11 @@ def nested_rfs(data: Dataset, cands: list[Candidate]) -> tuple[np.ndarray, dict]
     """Outer LOCO whose inner LOCO picks the candidate: scores no choice has seen."""
     out = np.full(len(data.patient_ids), np.nan)
     chosen = {}
-    for c in np.unique(data.centres):
-        held = data.centres == c
+    for name, held in loco_folds(data):
         train = data.subset(np.flatnonzero(~held))
         cand, _ = select(train, fit_rfs, cands, rfs_criterion)
         out[held] = scores(fit_rfs(train, cand), data.subset(np.flatnonzero(held)))
-        chosen[CENTRE_NAMES.get(int(c), str(c))] = f"{cand.feature_set}@{cand.penalty:g}"
+        chosen[name] = f"{cand.feature_set}@{cand.penalty:g}"
     return out, chosen
 
 
@@ -323,15 +352,14 @@ def nested_hpv(data: Dataset, cands: list[Candidate]) -> tuple[np.ndarray, np.nd
     prob = np.full(len(data.patient_ids), np.nan)
     thresholds = np.full(len(data.patient_ids), np.nan)
     chosen = {}
-    for c in np.unique(data.centres):
-        held = data.centres == c
+    for name, held in loco_folds(data):
         train = data.subset(np.flatnonzero(~held))
         cand, _ = select(train, fit_hpv, cands, hpv_criterion)
         inner = sigmoid(loco_scores(train, fit_hpv, cand))
         thr = choose_threshold(train.hpv, inner, train.centres)
         prob[held] = sigmoid(scores(fit_hpv(train, cand), data.subset(np.flatnonzero(held))))
         thresholds[held] = thr
-        chosen[CENTRE_NAMES.get(int(c), str(c))] = f"{cand.feature_set}@{cand.penalty:g}, threshold {thr:.2f}"
+        chosen[name] = f"{cand.feature_set}@{cand.penalty:g}, threshold {thr:.2f}"
     return prob, thresholds, chosen
 
 
@@ -347,6 +375,10 @@ def _with_ci(value: float, ci: tuple[float, float]) -> dict:
     return {"value": _round(value), "ci95": [_round(ci[0]), _round(ci[1])]}
 
 
+def _c_stat(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
+    return harrell_c_index(time, event.astype(bool), risk)
+
+
 def rfs_report(data: Dataset, risk: np.ndarray) -> dict:
     """Per-centre and pooled C-index with stratified bootstrap 95 % CIs."""
     ok = np.isfinite(data.time) & np.isfinite(data.event)
@@ -354,32 +386,28 @@ def rfs_report(data: Dataset, risk: np.ndarray) -> dict:
     report = {"per_centre": {}}
     for c in np.unique(g):
         m = np.flatnonzero(g == c)
-        ci = bootstrap_ci(lambda i, m=m: harrell_c_index(t[m][i], e[m][i].astype(bool), r[m][i]), np.zeros(len(m)))
-        entry = _with_ci(harrell_c_index(t[m], e[m].astype(bool), r[m]), ci)
+        entry = _with_ci(_c_stat(t[m], e[m], r[m]), ci95(_c_stat, t[m], e[m], r[m]))
         entry.update(n=len(m), events=int(e[m].sum()))
-        report["per_centre"][CENTRE_NAMES.get(int(c), str(c))] = entry
-    pooled_ci = bootstrap_ci(lambda i: harrell_c_index(t[i], e[i].astype(bool), r[i]), g)
+        report["per_centre"][centre_name(c)] = entry
     report["pooled"] = {
-        **_with_ci(harrell_c_index(t, e.astype(bool), r), pooled_ci),
+        **_with_ci(_c_stat(t, e, r), ci95(_c_stat, t, e, r, strata=g)),
         "n": int(ok.sum()),
         "events": int(e.sum()),
     }
     return report
 
 
-def _hpv_entry(y: np.ndarray, p: np.ndarray, thr: np.ndarray, strata: np.ndarray) -> dict:
-    def ba(i: np.ndarray) -> float:
-        return balanced_accuracy(y[i].astype(int), (p[i] >= thr[i]).astype(int))
+def _ba_stat(y: np.ndarray, p: np.ndarray, thr: np.ndarray) -> float:
+    return balanced_accuracy(y.astype(int), (p >= thr).astype(int))
 
-    def au(i: np.ndarray) -> float:
-        return auc(y[i], p[i])
 
+def _hpv_entry(y: np.ndarray, p: np.ndarray, thr: np.ndarray, strata: np.ndarray | None) -> dict:
     n_neg = int((y == 0).sum())
     entry = {
         "n": len(y),
         "n_negative": n_neg,
-        "balanced_accuracy": _with_ci(ba(np.arange(len(y))), bootstrap_ci(ba, strata)),
-        "auc": _with_ci(au(np.arange(len(y))), bootstrap_ci(au, strata)),
+        "balanced_accuracy": _with_ci(_ba_stat(y, p, thr), ci95(_ba_stat, y, p, thr, strata=strata)),
+        "auc": _with_ci(auc(y, p), ci95(auc, y, p, strata=strata)),
         "sensitivity": round(float(np.mean(p[y == 1] >= thr[y == 1])), 4) if (y == 1).any() else None,
         "specificity": round(float(np.mean(p[y == 0] < thr[y == 0])), 4) if n_neg else None,
     }
@@ -395,7 +423,7 @@ def hpv_report(data: Dataset, prob: np.ndarray, thresholds: np.ndarray) -> dict:
     report = {"per_centre": {}}
     for c in np.unique(g):
         m = g == c
-        report["per_centre"][CENTRE_NAMES.get(int(c), str(c))] = _hpv_entry(y[m], p[m], thr[m], np.zeros(m.sum()))
+        report["per_centre"][centre_name(c)] = _hpv_entry(y[m], p[m], thr[m], None)
     report["pooled"] = _hpv_entry(y, p, thr, g)
     both = [c for c in np.unique(g) if len(np.unique(y[g == c])) == 2]
     per_centre = [balanced_accuracy(y[g == c].astype(int), (p[g == c] >= thr[g == c]).astype(int)) for c in both]
@@ -655,7 +683,7 @@ def provenance(table: Path, suvmax: Path | None, data: Dataset, label: str) -> d
         "table_sha256": _sha256(table),
         "suvmax_table": None if suvmax is None else Path(suvmax).name,
         "suvmax_sha256": None if suvmax is None or not Path(suvmax).exists() else _sha256(Path(suvmax)),
-        "centres": sorted(CENTRE_NAMES.get(int(c), str(c)) for c in np.unique(data.centres[known])),
+        "centres": sorted(centre_name(c) for c in np.unique(data.centres[known])),
         "n_patients": int(known.sum()),
         "measurements_source": "reference masks (training) vs the product's segmentation (run time)",
         "script": "training/train_clinical_models.py",

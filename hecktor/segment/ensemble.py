@@ -3,8 +3,10 @@
 Every member is loaded (and hash-checked) once when the engine is built, by the backend the manifest
 names: :mod:`hecktor.segment.torch_backend` (safetensors) or :mod:`hecktor.segment.onnx_backend`
 (ONNX Runtime, numpy only: the ``onnxruntime`` image has no torch). ``segment`` normalises the ROI the
-way each member was trained, runs it through the Gaussian sliding window and averages the members'
-softmax maps.
+way each member was trained, runs it through the Gaussian sliding window, averages the members' blended
+logits and applies one softmax: exactly what nnU-Net's predictor computes for an ensemble of folds
+(mirrorings, windows and folds are all averaged in logit space), so that the container reproduces the
+figures training validated (``training/``; parity test in ``test/test_training_chain.py``).
 
 Time budget: given a deadline, the engine first times one window of the first member (twice; the
 second call counts, so CUDA warm-up does not), estimates the whole ensemble's cost and, only as far
@@ -27,7 +29,7 @@ import numpy as np
 
 from hecktor.manifest import CHALLENGE_LABELS, EnsembleConfig, MemberConfig
 from hecktor.normalise import normalise_ct, normalise_pet
-from hecktor.segment.windows import WindowSettings, mirror_combinations, window_count
+from hecktor.segment.windows import WindowSettings, mirror_combinations, softmax, window_count
 from hecktor.types import Probabilities, Roi
 
 __all__ = [
@@ -56,11 +58,11 @@ TAKE_BACK_FRACTION = 0.9
 
 
 class MemberRunner(Protocol):
-    """One loaded network behind a backend: numpy (2, z, y, x) in, (K, z, y, x) probabilities out."""
+    """One loaded network behind a backend: numpy (2, z, y, x) in, (K, z, y, x) blended logits out."""
 
     device: str  # where it runs, for the log ("cpu", "cuda", "CUDAExecutionProvider", ...)
 
-    def probabilities(self, image: np.ndarray, settings: WindowSettings) -> np.ndarray: ...
+    def logits(self, image: np.ndarray, settings: WindowSettings) -> np.ndarray: ...
 
     def seconds_per_window(self, image: np.ndarray, settings: WindowSettings) -> float: ...
 
@@ -134,7 +136,7 @@ def plan_inference(
 
 
 class EnsembleEngine:
-    """Average of the softmax maps of loaded networks (see :func:`load_ensemble` to load a manifest's)."""
+    """Softmax of the mean logits of loaded networks (see :func:`load_ensemble` to load a manifest's)."""
 
     name = "ensemble"
 
@@ -170,7 +172,7 @@ class EnsembleEngine:
         return plan
 
     def segment(self, roi: Roi, deadline: float | None = None) -> Probabilities:
-        """Per-class probabilities (K, z, y, x) float32 on ``roi.grid``, the mean of the members' softmax maps.
+        """Per-class probabilities (K, z, y, x) float32 on ``roi.grid``: softmax of the members' mean logits.
 
         ``deadline``: ``time.monotonic()`` value by which the whole case must be done; ``None`` runs the
         manifest's settings unchanged. With a deadline the plan is also revised after every member from
@@ -186,9 +188,9 @@ class EnsembleEngine:
         while done < to_run:
             member = pool[done]
             start = time.perf_counter()
-            probs = member.runner.probabilities(self._image(roi, member, pet),
-                                                replace(member.settings, overlap=overlap, mirror_axes=mirror_axes))
-            total = probs if total is None else np.add(total, probs, out=total)
+            logits = member.runner.logits(self._image(roi, member, pet),
+                                          replace(member.settings, overlap=overlap, mirror_axes=mirror_axes))
+            total = logits if total is None else np.add(total, logits, out=total)
             done += 1
             elapsed = time.perf_counter() - start
             log.info("member %d/%d (%s) done in %.1f s", done, to_run, member.config.name, elapsed)
@@ -208,7 +210,7 @@ class EnsembleEngine:
                 overlap, mirror_axes, to_run = revised.overlap, revised.mirror_axes, done + revised.members
         assert total is not None  # the manifest schema guarantees one member at least
         total /= np.float32(done)
-        return Probabilities(grid=roi.grid, values=np.ascontiguousarray(total), engine=self.name)
+        return Probabilities(grid=roi.grid, values=np.ascontiguousarray(softmax(total, axis=0)), engine=self.name)
 
 
 def load_ensemble(

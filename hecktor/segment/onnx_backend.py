@@ -15,6 +15,7 @@ import io
 import logging
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,9 @@ class OnnxRunner:
         (out,) = self._session.run(None, {self._input: np.ascontiguousarray(batch, dtype=np.float32)})
         return np.asarray(out, dtype=np.float32)
 
-    def probabilities(self, image: np.ndarray, settings: WindowSettings) -> np.ndarray:
-        return sliding_window_inference(image, self, len(CHALLENGE_LABELS), settings)
+    def logits(self, image: np.ndarray, settings: WindowSettings) -> np.ndarray:
+        """(2, z, y, x) -> (K, z, y, x) float32 Gaussian-blended logits."""
+        return sliding_window_inference(image, self, len(CHALLENGE_LABELS), replace(settings, softmax=False))
 
     def seconds_per_window(self, image: np.ndarray, settings: WindowSettings) -> float:
         """Seconds for one window, timed on a second call (the first allocates and, on CUDA, warms up)."""

@@ -45,11 +45,9 @@ Predictor = Callable[[torch.Tensor], torch.Tensor]
 Slices3 = tuple[slice, slice, slice]
 
 
-def gaussian_importance_map(
-    patch_size: Sequence[int], sigma_scale: float = 1.0 / 8.0, min_weight: float = 1e-4
-) -> torch.Tensor:
+def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8.0) -> torch.Tensor:
     """:func:`hecktor.segment.windows.gaussian_importance_map` as a float32 tensor (the same values)."""
-    return torch.from_numpy(windows.gaussian_importance_map(patch_size, sigma_scale, min_weight))
+    return torch.from_numpy(windows.gaussian_importance_map(patch_size, sigma_scale))
 
 
 def predict_mirrored(
@@ -116,7 +114,7 @@ def _blend_windows(
     padded, crop = pad_to_shape(image, settings.patch_size)
     padded = padded.to(device)
     spatial = tuple(padded.shape[1:])
-    gauss = gaussian_importance_map(settings.patch_size, settings.sigma_scale, settings.min_weight)
+    gauss = gaussian_importance_map(settings.patch_size, settings.sigma_scale)
     gauss = gauss.to(accumulate_device)
     probs = torch.zeros((num_classes, *spatial), dtype=torch.float32, device=accumulate_device)
     weights = torch.zeros(spatial, dtype=torch.float32, device=accumulate_device)

@@ -76,8 +76,8 @@ class TorchRunner:
             with torch.autocast(self.torch_device.type, dtype=self.autocast_dtype):
                 return self.network(batch)
 
-    def probabilities(self, image: np.ndarray, settings: WindowSettings) -> np.ndarray:
-        """(2, z, y, x) -> (K, z, y, x) float32 probabilities on the CPU.
+    def logits(self, image: np.ndarray, settings: WindowSettings) -> np.ndarray:
+        """(2, z, y, x) -> (K, z, y, x) float32 Gaussian-blended logits on the CPU.
 
         On CUDA out-of-memory it retries once with single windows accumulated on the CPU. The retry
         happens after the ``except`` block so the failed attempt's tensors (held by the traceback) are
@@ -85,15 +85,18 @@ class TorchRunner:
         """
         tensor = torch.from_numpy(np.ascontiguousarray(image))
         classes = len(CHALLENGE_LABELS)
+        settings = replace(settings, softmax=False)
         try:
-            return _to_numpy(sliding_window_inference(tensor, self, classes, settings, self.torch_device))
+            with torch.inference_mode():  # the blended sums are updated in place with the network's outputs
+                return _to_numpy(sliding_window_inference(tensor, self, classes, settings, self.torch_device))
         except torch.OutOfMemoryError:
             if self.torch_device.type != "cuda":
                 raise
             log.warning("%s: CUDA out of memory; retrying window by window, summing on the CPU", self.name)
         torch.cuda.empty_cache()
         single = replace(settings, whole_roi_if_fits=False, batch_size=1)
-        return _to_numpy(sliding_window_inference(tensor, self, classes, single, self.torch_device, "cpu"))
+        with torch.inference_mode():
+            return _to_numpy(sliding_window_inference(tensor, self, classes, single, self.torch_device, "cpu"))
 
     def seconds_per_window(self, image: np.ndarray, settings: WindowSettings) -> float:
         """Seconds for one window through the network, timed on a second call (the first warms up)."""
@@ -108,8 +111,8 @@ class TorchRunner:
         return elapsed
 
 
-def _to_numpy(probabilities: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(probabilities.to("cpu", torch.float32).numpy())
+def _to_numpy(values: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(values.to("cpu", torch.float32).numpy())
 
 
 def _check_patch(member: MemberConfig, divisor: tuple[int, int, int]) -> None:

@@ -62,8 +62,8 @@ class WindowSettings:
         whole_roi_max_voxels: size budget for the one-pass mode (after padding).
         size_multiple: the one-pass input is padded to a multiple of this along every axis.
         sigma_scale: Gaussian sigma as a fraction of the patch size (nnU-Net: 1/8).
-        min_weight: floor of the importance map (its maximum is 1) so that no voxel gets weight 0.
-        softmax: apply a softmax over classes to each prediction before blending.
+        softmax: apply a softmax over classes to each prediction before blending. The ensemble engine
+            blends logits (off), as nnU-Net does; on is for callers that want blended probabilities.
     """
 
     patch_size: tuple[int, int, int]
@@ -74,7 +74,6 @@ class WindowSettings:
     whole_roi_max_voxels: int = DEFAULT_WHOLE_ROI_MAX_VOXELS
     size_multiple: int = 32
     sigma_scale: float = 1.0 / 8.0
-    min_weight: float = 1e-4
     softmax: bool = True
 
     def __post_init__(self) -> None:
@@ -86,26 +85,31 @@ class WindowSettings:
             raise ValueError("batch_size and size_multiple must be >= 1")
         if len(set(self.mirror_axes)) != len(self.mirror_axes) or not set(self.mirror_axes) <= {0, 1, 2}:
             raise ValueError(f"mirror_axes must be distinct values out of 0, 1, 2, got {self.mirror_axes}")
-        if not 0.0 < self.min_weight <= 1.0:
-            raise ValueError(f"min_weight must be in (0, 1], got {self.min_weight}")
 
 
-def gaussian_importance_map(
-    patch_size: Sequence[int], sigma_scale: float = 1.0 / 8.0, min_weight: float = 1e-4
-) -> np.ndarray:
-    """Separable Gaussian centred on the patch, sigma = ``sigma_scale`` * patch size per axis.
+def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8.0) -> np.ndarray:
+    """nnU-Net's importance map (``nnunetv2.inference.sliding_window_prediction.compute_gaussian``).
 
-    Returns a (z, y, x) float32 array with maximum 1 (reached at the centre voxel for odd sizes),
-    symmetric under flips, clamped from below at ``min_weight`` so no voxel has weight 0.
+    A unit impulse at voxel ``n // 2`` of each axis (not the geometric centre: nnU-Net's choice, kept so
+    that the container blends windows exactly as the predictor that validated the networks), blurred
+    with scipy's ``gaussian_filter`` (sigma = ``sigma_scale`` * patch size per axis, kernel truncated at
+    4 sigma) and scaled to a maximum of 1; voxels beyond the truncation radius take the smallest
+    non-zero weight so that no voxel has weight 0. Computed here in closed form (the filtered impulse
+    is the sampled, truncated kernel), so numpy suffices. Returns (z, y, x) float32.
     """
     profiles = []
     for n in patch_size:
-        coords = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
-        sigma = max(n * sigma_scale, 1e-6)
-        profiles.append(np.exp(-0.5 * (coords / sigma) ** 2))
+        sigma = n * sigma_scale
+        offsets = np.arange(n, dtype=np.float64) - n // 2
+        profile = np.exp(-0.5 * (offsets / sigma) ** 2)
+        profile[np.abs(offsets) > int(4.0 * sigma + 0.5)] = 0.0  # scipy's radius: int(truncate * sigma + 0.5)
+        profiles.append(profile)
     gauss = profiles[0][:, None, None] * profiles[1][None, :, None] * profiles[2][None, None, :]
-    gauss = gauss / gauss.max()
-    return np.maximum(gauss, min_weight).astype(np.float32)
+    gauss /= gauss.max()
+    zero = gauss == 0
+    if zero.any():
+        gauss[zero] = gauss[~zero].min()
+    return gauss.astype(np.float32)
 
 
 def window_starts(size: int, patch: int, overlap: float) -> list[int]:
@@ -232,7 +236,7 @@ def sliding_window_inference(
         return out
     padded, crop = pad_to_shape(image, settings.patch_size)
     spatial = padded.shape[1:]
-    gauss = gaussian_importance_map(settings.patch_size, settings.sigma_scale, settings.min_weight)
+    gauss = gaussian_importance_map(settings.patch_size, settings.sigma_scale)
     probs = np.zeros((num_classes, *spatial), dtype=np.float32)
     weights = np.zeros(spatial, dtype=np.float32)
     for chunk in batched(window_slices(spatial, settings.patch_size, settings.overlap), settings.batch_size):

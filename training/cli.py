@@ -1,0 +1,181 @@
+"""``python -m training``: contoured PET/CT in, the container's ``model_weights/`` folder out.
+
+    python -m training --work W prepare DATA [--suv-factors CSV]
+    python -m training --work W plan
+    python -m training --work W train --split kfold5 --fold 0          (once per fold; --num-gpus N for DDP)
+    python -m training --work W export OUT_DIR --split kfold5
+    python -m training --work W evaluate --split kfold5
+
+``W`` holds nnU-Net's raw, preprocessed and results folders. Every step can be re-run: ``prepare`` skips
+finished cases, ``train --resume`` continues from the last checkpoint, ``export`` writes a new folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from training.workspace import DEFAULT_DATASET, SHIPPED_MODEL_DIR, Workspace
+
+__all__ = ["main"]
+
+log = logging.getLogger("training")
+
+
+def _add_prepare(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("prepare", help="cases (HECKTOR training layout or platform layout + label) -> nnU-Net "
+                            "raw dataset on the container's ROI grid")
+    p.add_argument("source", type=Path, help="folder with 'Task 1/<ID>/...' or case folders")
+    p.add_argument("--suv-factors", type=Path, default=None,
+                   help="CSV with pid, bqml_to_suvbw_factor for PETs stored in Bq/mL "
+                        "(e.g. ../shared/data/clinical/hecktor_pet_bqml_suv_factors.csv)")
+    p.add_argument("--preprocess-from", type=Path, default=None, metavar="MODEL_DIR",
+                   help="take the ROI settings from this model folder's manifest (default: the shipped one)")
+
+
+def _add_plan(commands: argparse._SubParsersAction) -> None:
+    from training.plan import PlanSettings
+
+    defaults = PlanSettings()
+    p = commands.add_parser("plan", help="nnU-Net fingerprint, plans (1 mm, STU-Net-S, 128^3, batch 2), "
+                            "preprocessing, and the k-fold and centre-out splits")
+    p.add_argument("--patch-size", type=int, nargs=3, default=list(defaults.patch_size), metavar=("Z", "Y", "X"))
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--stunet-dims", type=int, nargs=6, default=list(defaults.stunet_dims),
+                   help="STU-Net widths per level (default STU-Net-S; tests use tiny ones)")
+    p.add_argument("--processes", type=int, default=defaults.num_processes)
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    from training.losses import LOSS_NAMES
+    from training.plan import SPLIT_NAMES
+    from training.train import ARCHITECTURES, TrainSettings
+
+    d = TrainSettings()
+    p = commands.add_parser("train", help="train one fold with nnU-Net (HecktorTrainer)")
+    p.add_argument("--architecture", choices=sorted(ARCHITECTURES), default=d.architecture)
+    p.add_argument("--loss", choices=LOSS_NAMES, default=d.loss, help="ce_dice (seed 000) or oda (seed 001)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--iterations", type=int, default=d.iterations_per_epoch, help="training iterations per epoch")
+    p.add_argument("--val-iterations", type=int, default=d.val_iterations_per_epoch)
+    p.add_argument("--split", choices=SPLIT_NAMES, default=d.split)
+    p.add_argument("--fold", type=int, default=d.fold)
+    p.add_argument("--num-gpus", type=int, default=d.num_gpus, help="> 1: nnU-Net's DDP")
+    p.add_argument("--device", choices=["cuda", "cpu", "mps"], default=d.device)
+    p.add_argument("--resume", action="store_true", help="continue from the fold's latest checkpoint")
+    p.add_argument("--data-workers", type=int, default=None, help="nnU-Net data-augmentation processes per GPU")
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    from training.plan import SPLIT_NAMES
+
+    p = commands.add_parser("export", help="trained folds -> a self-contained model folder for the container")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--configuration", default=None, help="trained configuration (default: the only one)")
+    p.add_argument("--split", choices=SPLIT_NAMES, action="append", default=None,
+                   help="export the folds of this split (repeatable; default kfold5)")
+    p.add_argument("--folds", type=int, nargs="+", default=None, help="only these folds of each split")
+    p.add_argument("--onnx", action="store_true", help="ONNX members for the onnxruntime image flavour")
+    p.add_argument("--fp16-weights", action="store_true", help="with --onnx: store weights in float16")
+    p.add_argument("--base", type=Path, default=None, metavar="MODEL_DIR",
+                   help="model folder whose Task 2/3 files and settings are carried over (default: the shipped one)")
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    from training.plan import SPLIT_NAMES
+
+    p = commands.add_parser("evaluate", help="cross-validation report (challenge metrics) over the trained folds")
+    p.add_argument("--configuration", default=None)
+    p.add_argument("--split", choices=SPLIT_NAMES, default="kfold5")
+    p.add_argument("--json", type=Path, default=None, help="also write the report here")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0],
+                                     epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("hecktor-training"),
+                        help="work folder (nnU-Net raw/preprocessed/results); default ./hecktor-training")
+    parser.add_argument("--dataset", default=DEFAULT_DATASET, help="nnU-Net dataset name (DatasetXXX_Name)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_prepare, _add_plan, _add_train, _add_export, _add_evaluate):
+        add(commands)
+    commands.add_parser("clinical", help="train the Task 2/3 clinical models (training/train_clinical_models.py)",
+                        add_help=False)
+    commands.add_parser("random-weights", help="random (untrained) members for tests (make_random_weights.py)",
+                        add_help=False)
+    return parser
+
+
+def _run(args: argparse.Namespace, workspace: Workspace) -> int:
+    if args.command == "prepare":
+        from hecktor.manifest import load_manifest
+        from training.prepare import format_summary, prepare_dataset, read_suv_factors
+
+        config = load_manifest(args.preprocess_from or SHIPPED_MODEL_DIR).preprocess
+        summary = prepare_dataset(args.source, workspace.raw_dataset, config, read_suv_factors(args.suv_factors))
+        print(format_summary(summary))
+        return 0 if summary.cases else 1
+    if args.command == "plan":
+        from training.plan import PlanSettings, plan_and_preprocess
+
+        settings = PlanSettings(tuple(args.patch_size), args.batch_size, tuple(args.stunet_dims), args.processes)
+        plans = plan_and_preprocess(workspace, settings)
+        print(f"plans: {plans}\nsplits: {workspace.preprocessed_dataset / 'splits_index.json'}")
+        return 0
+    if args.command == "train":
+        from training.train import TrainSettings, train_fold
+
+        settings = TrainSettings(args.architecture, args.loss, args.epochs, args.iterations, args.val_iterations,
+                                 args.split, args.fold, args.num_gpus, args.device, args.resume)
+        workspace.activate(args.data_workers)
+        print(f"fold output: {train_fold(workspace, settings)}")
+        return 0
+    if args.command == "export":
+        from training.export import export_model_folder
+
+        folder = export_model_folder(workspace, args.out_dir, args.configuration, tuple(args.split or ["kfold5"]),
+                                     onnx=args.onnx, fp16_weights=args.fp16_weights,
+                                     base=args.base or SHIPPED_MODEL_DIR,
+                                     folds=args.folds)
+        print(f"model folder: {folder} (run it with: python inference.py --weights {folder} ...)")
+        return 0
+    if args.command == "evaluate":
+        from training.cv_report import cross_validation_report, format_report, write_report
+
+        report = cross_validation_report(workspace, args.configuration, args.split)
+        print(format_report(report))
+        if args.json:
+            write_report(args.json, report)
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The two older scripts keep their own command lines.
+    for name, module in (("clinical", "training.train_clinical_models"), ("random-weights",
+                                                                          "training.make_random_weights")):
+        if name in argv:
+            position = argv.index(name)
+            if all(a.startswith("-") for a in argv[:position]):
+                from importlib import import_module
+
+                result = import_module(module).main(argv[position + 1:])
+                return int(result or 0)
+    args = build_parser().parse_args(argv)
+    # Our loggers at INFO; the libraries' (nnU-Net prints its own progress) at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for name in ("training", "hecktor"):
+        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    workspace = Workspace(args.work.absolute(), args.dataset)
+    workspace.activate()
+    try:
+        return _run(args, workspace)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        log.error("%s", exc, exc_info=args.verbose)
+        return 2
