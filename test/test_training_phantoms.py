@@ -186,7 +186,7 @@ def test_drawn_lesions_stay_in_the_neck_and_apart():
             assert np.linalg.norm(np.subtract(c1, c2)) >= r1 + r2 + 4.2, seed  # no touching voxels
         site = np.asarray(GTVP_SPHERE[0]) + shift
         assert np.linalg.norm(np.asarray(v.gtvp[0]) - site) <= 10.0 + 1e-6
-        assert 9.0 <= v.gtvp[1] <= 16.0 and 8.0 <= v.gtvp_suv <= 16.0 and 5.0 <= v.gtvn_suv <= 10.0
+        assert 9.0 <= v.gtvp[1] <= 16.0 and 8.0 <= v.gtvp_suv <= 16.0 and 8.0 <= v.gtvn_suv <= 14.0
         a, b = v.neck_semi_axes_mm
         for centre, radius in spheres:
             local = np.asarray(centre) - shift
@@ -195,7 +195,7 @@ def test_drawn_lesions_stay_in_the_neck_and_apart():
                 assert (x / a) ** 2 + (y / b) ** 2 <= 1.0, seed
             assert local[2] + radius <= 200.0
         for centre, radius in v.gtvn:
-            assert abs(centre[0] - shift[0]) >= 30.0 and 5.0 <= radius <= 10.0
+            assert abs(centre[0] - shift[0]) >= 30.0 and 7.0 <= radius <= 11.0
     assert counts == {0, 1, 2, 3}
 
 

@@ -167,7 +167,9 @@ def find_source_cases(source: Path) -> tuple[list[SourceCase], list[SkippedCase]
 
 
 def _is_synthetic(source: Path) -> bool:
-    return any((folder / SYNTHETIC_MARKER).is_file() for folder in (source, source.parent, source / ".."))
+    """hecktor.phantom.write_training_dataset marks its datasets (``source`` may be the root or ``Task 1``)."""
+    source = source.absolute()
+    return any((folder / SYNTHETIC_MARKER).is_file() for folder in (source, source.parent))
 
 
 def _output_paths(dataset_dir: Path, case_id: str) -> tuple[Path, Path, Path]:
