@@ -250,7 +250,7 @@ def test_evaluate_reports_the_fold_validation_in_challenge_metrics(chain: Chain,
     expected = 2 * inter / total if total else None
     assert fold["gtvn_aggregated_dice"] == pytest.approx(expected) if expected is not None else True
     card = load_manifest(chain.model).ensemble.members[0].model_card["validation_figures_roi_grid"]
-    assert card == pytest.approx(fold, nan_ok=True)
+    assert card == fold  # the model card holds the same figures (JSON round trips floats exactly)
 
 
 def test_segresnet_and_the_oda_loss_train_through_the_same_chain(chain: Chain, tmp_path: Path) -> None:

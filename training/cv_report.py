@@ -27,7 +27,7 @@ from training.plan import PLANS_NAME
 from training.workspace import Workspace
 
 __all__ = ["FoldFigures", "cross_validation_report", "find_configuration", "fold_figures", "format_report",
-           "write_report"]
+           "json_ready", "write_report"]
 
 TRAINER_PREFIX = f"HecktorTrainer__{PLANS_NAME}__"
 
@@ -124,7 +124,15 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def json_ready(value: Any) -> Any:
+    """NaN (a metric undefined on a fold, e.g. no GTVn anywhere) as JSON null."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_ready(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def write_report(path: Path, report: dict[str, Any]) -> None:
-    text = json.dumps(report, indent=2, default=lambda v: None) + "\n"
-    text = text.replace("NaN", "null")
+    text = json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n"
     atomic_write(Path(path), lambda tmp: tmp.write_text(text))

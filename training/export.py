@@ -41,7 +41,7 @@ from hecktor.manifest import (
     manifest_json,
     write_manifest,
 )
-from training.cv_report import TRAINER_PREFIX, find_configuration, fold_figures, split_folds
+from training.cv_report import TRAINER_PREFIX, find_configuration, fold_figures, json_ready, split_folds
 from training.plan import PLANS_NAME
 from training.workspace import Workspace
 
@@ -187,7 +187,9 @@ def export_model_folder(
             checkpoint = load_checkpoint(fold_dir / CHECKPOINT)
             network, architecture, kwargs = member_network(config, checkpoint["network_weights"])
             mirror_axes = tuple(int(a) for a in checkpoint["inference_allowed_mirroring_axes"] or ())
-            figures = asdict(fold_figures(entry["name"], fold_dir / "validation", reference, entry["validation"]))
+            # NaN (no GTVn in any validation case) is written as null: the manifest holds JSON values only.
+            figures = json_ready(asdict(fold_figures(entry["name"], fold_dir / "validation", reference,
+                                                     entry["validation"])))
             train_cases = [c for c in all_cases if c not in set(entry["validation"])]
             card = _model_card(workspace, dataset_json, configuration, config, split, entry, checkpoint, figures,
                                train_cases)
@@ -199,7 +201,7 @@ def export_model_folder(
                             "patch_size": list(patch), "weights": f"{name}{suffix}",
                             "sha256": hashlib.sha256(data).hexdigest(), "ct_normalisation": _ct_normalisation(plans),
                             "labels": dict(CHALLENGE_LABELS), "model_card": card})
-            log.info("exported %s (%s validation: GTVp Dice %.3f, GTVn aggregated Dice %.3f)", name, entry["name"],
+            log.info("exported %s (%s validation: GTVp Dice %s, GTVn aggregated Dice %s)", name, entry["name"],
                      figures["gtvp_dice"], figures["gtvn_aggregated_dice"])
         for source in (base_manifest.rfs_model, base_manifest.hpv_model):
             shutil.copy2(source, staging / source.name)
