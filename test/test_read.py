@@ -130,3 +130,19 @@ def test_truncated_pixel_data_is_reported_with_the_whole_itk_reason(tmp_path, ph
     message = str(error.value)
     assert "ct.mha" in message and "pixel data" in message
     assert "\n" not in message and "0x" not in message  # one line, no C++ object addresses
+
+
+def test_a_known_bqml_factor_replaces_the_unit_detection(tmp_path, phantom):
+    """Training data of patients delivered in Bq/mL: the factor from their DICOM tags, not the run-time estimate."""
+    factor = 4.0e-4
+    bqml = phantom.pet / factor  # SYNTHETIC: the phantom's SUV PET stored as Bq/mL
+    sitk.WriteImage(phantom.ct, str(tmp_path / "MDA-001__CT.nii.gz"))
+    sitk.WriteImage(bqml, str(tmp_path / "MDA-001__PT.nii.gz"))
+    known = read_case(tmp_path, known_suv_factor=factor)
+    assert not any(p.code == "pet-bqml" for p in known.problems)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(known.pet), sitk.GetArrayFromImage(phantom.pet), rtol=1e-5,
+                               atol=1e-6)
+    estimated = read_case(tmp_path)  # without it: detected and rescaled by an estimate, and reported
+    assert any(p.code == "pet-bqml" for p in estimated.problems)
+    with pytest.raises(InputError, match="factor must be a positive number"):
+        read_case(tmp_path, known_suv_factor=-1.0)
