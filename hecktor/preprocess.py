@@ -25,7 +25,6 @@ a box that the field of view may have clipped on one side.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cc3d
@@ -276,9 +275,9 @@ def resample_labels_to_grid(labels: sitk.Image, grid: sitk.Image, num_labels: in
     return out
 
 
-def label_volumes_ml(labels: np.ndarray, spacing_mm: Sequence[float], num_labels: int = 2) -> dict[int, float]:
-    """Volume (mL) of each label 1..``num_labels`` of a (z, y, x) label array with ``spacing_mm`` (x, y, z) voxels."""
-    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+def label_volumes_ml(labels: np.ndarray, grid: sitk.Image, num_labels: int = 2) -> dict[int, float]:
+    """Volume (mL) of each label 1..``num_labels`` of a (z, y, x) label array on ``grid`` (any direction)."""
+    voxel_ml = voxel_volume_ml(grid)
     counts = np.bincount(labels.ravel(), minlength=num_labels + 1)
     return {label: float(counts[label]) * voxel_ml for label in range(1, num_labels + 1)}
 

@@ -37,7 +37,7 @@ def test_lesion_volume_is_kept_on_the_roi_grid(case_id: str) -> None:
     assert roi.labels is not None and roi.labels.shape == roi.ct_hu.shape and roi.labels.dtype == np.uint8
     assert set(np.unique(roi.labels)) <= {0, 1}
     expected = _source_volume_ml(mask, 1)
-    got = label_volumes_ml(roi.labels, roi.grid.GetSpacing())[1]
+    got = label_volumes_ml(roi.labels, roi.grid)[1]
     assert got == pytest.approx(expected, rel=0.05), f"{case_id}: {got:.2f} mL on the ROI vs {expected:.2f} mL"
     # The lesion is where the mask says: its centroid moves by less than a source voxel.
     src = np.argwhere(sitk.GetArrayViewFromImage(mask) == 1).mean(axis=0)[::-1]
@@ -62,7 +62,7 @@ def test_two_labels_keep_their_identity_and_volumes() -> None:
     labels = image_on_grid(values, source_grid)
     target = make_grid(np.array([9.5, 9.5, 16.75]), (20, 20, 36), 1.0, np.eye(3))  # origin (0, 0, -0.75)
     out = resample_labels_to_grid(labels, target)
-    volumes = label_volumes_ml(out, (1.0, 1.0, 1.0))
+    volumes = label_volumes_ml(out, target)
     assert volumes[1] == pytest.approx(0.432) and volumes[2] == pytest.approx(0.192)
     z1 = np.flatnonzero((out == 1).any(axis=(1, 2))) - 0.75  # slice positions in mm
     assert (z1.min(), z1.max()) == (5.25, 16.25)  # the first and last 1 mm slices inside [4.5, 16.5]

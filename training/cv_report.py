@@ -22,9 +22,8 @@ import SimpleITK as sitk
 
 from hecktor import metrics
 from hecktor.types import LABEL_GTVN, LABEL_GTVP
-from hecktor.write import atomic_write
 from training.plan import PLANS_NAME
-from training.workspace import Workspace
+from training.workspace import Workspace, write_json
 
 __all__ = ["FoldFigures", "cross_validation_report", "find_configuration", "fold_figures", "format_report",
            "json_ready", "write_report"]
@@ -50,21 +49,28 @@ def _labels(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.uint8)
 
 
-def fold_figures(name: str, validation_dir: Path, reference_dir: Path, cases: Sequence[str]) -> FoldFigures:
-    """The fold's figures from its validation predictions (all of ``cases`` must have one)."""
-    missing = [c for c in cases if not (validation_dir / f"{c}.nii.gz").is_file()]
-    if missing:
-        raise FileNotFoundError(f"{validation_dir}: no validation prediction for {missing} (did training finish?)")
-    pairs = [(_labels(validation_dir / f"{c}.nii.gz"), _labels(reference_dir / f"{c}.nii.gz")) for c in cases]
-    gtvp = [metrics.dice(p, r, LABEL_GTVP) for p, r in pairs]
-    gtvp = [d for d in gtvp if math.isfinite(d)]
+def _figures(name: str, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> FoldFigures:
+    gtvp = [d for d in (metrics.dice(p, r, LABEL_GTVP) for p, r in pairs) if math.isfinite(d)]
     return FoldFigures(
         fold=name,
-        cases=len(cases),
+        cases=len(pairs),
         gtvp_dice=float(np.mean(gtvp)) if gtvp else float("nan"),
         gtvn_aggregated_dice=metrics.aggregated_dice(pairs, LABEL_GTVN),
         gtvn_detection_f1=metrics.detection_f1(pairs, LABEL_GTVN),
     )
+
+
+def _validation_pairs(validation_dir: Path, reference_dir: Path, cases: Sequence[str]
+                      ) -> list[tuple[np.ndarray, np.ndarray]]:
+    missing = [c for c in cases if not (validation_dir / f"{c}.nii.gz").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{validation_dir}: no validation prediction for {missing} (did training finish?)")
+    return [(_labels(validation_dir / f"{c}.nii.gz"), _labels(reference_dir / f"{c}.nii.gz")) for c in cases]
+
+
+def fold_figures(name: str, validation_dir: Path, reference_dir: Path, cases: Sequence[str]) -> FoldFigures:
+    """The fold's figures from its validation predictions (all of ``cases`` must have one)."""
+    return _figures(name, _validation_pairs(validation_dir, reference_dir, cases))
 
 
 def find_configuration(workspace: Workspace, configuration: str | None) -> str:
@@ -92,22 +98,20 @@ def cross_validation_report(workspace: Workspace, configuration: str | None, spl
     configuration = find_configuration(workspace, configuration)
     folder = workspace.results_dataset / f"{TRAINER_PREFIX}{configuration}"
     reference = workspace.preprocessed_dataset / "gt_segmentations"
-    folds, pooled_cases = [], []
-    for entry in split_folds(workspace, split):
+    entries = split_folds(workspace, split)
+    folds, pooled = [], []
+    for entry in entries:
         validation = folder / f"fold_{entry['index']}" / "validation"
         if not validation.is_dir():
             continue
-        folds.append(fold_figures(entry["name"], validation, reference, entry["validation"]))
-        pooled_cases += [(validation, c) for c in entry["validation"]]
+        pairs = _validation_pairs(validation, reference, entry["validation"])
+        folds.append(_figures(entry["name"], pairs))
+        pooled += pairs
     if not folds:
         raise FileNotFoundError(f"{folder}: no fold of split {split!r} has finished training")
-    pairs = [(_labels(v / f"{c}.nii.gz"), _labels(reference / f"{c}.nii.gz")) for v, c in pooled_cases]
-    gtvp = [d for d in (metrics.dice(p, r, LABEL_GTVP) for p, r in pairs) if math.isfinite(d)]
-    pooled = FoldFigures("all", len(pairs), float(np.mean(gtvp)) if gtvp else float("nan"),
-                         metrics.aggregated_dice(pairs, LABEL_GTVN), metrics.detection_f1(pairs, LABEL_GTVN))
     return {"configuration": configuration, "split": split, "folds_trained": len(folds),
-            "folds_planned": len(split_folds(workspace, split)),
-            "folds": [asdict(f) for f in folds], "pooled": asdict(pooled)}
+            "folds_planned": len(entries),
+            "folds": [asdict(f) for f in folds], "pooled": asdict(_figures("all", pooled))}
 
 
 def _fmt(value: float) -> str:
@@ -134,5 +138,4 @@ def json_ready(value: Any) -> Any:
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:
-    text = json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n"
-    atomic_write(Path(path), lambda tmp: tmp.write_text(text))
+    write_json(path, json_ready(report))

@@ -26,8 +26,7 @@ from typing import Any
 
 from hecktor.segment.networks import STUNET_S_DEFAULTS
 from hecktor.validation import Fold, centre_out_folds, folds_to_nnunet_splits, patient_kfold
-from hecktor.write import atomic_write
-from training.workspace import Workspace
+from training.workspace import Workspace, write_json
 
 __all__ = [
     "BASE_CONFIGURATION",
@@ -165,8 +164,3 @@ def fold_index(workspace: Workspace, split: str, fold: int) -> int:
     if not 0 <= fold < len(index[split]):
         raise ValueError(f"split {split!r} has folds 0..{len(index[split]) - 1}, not {fold}")
     return int(index[split][fold]["index"])
-
-
-def write_json(path: Path, value: Any) -> None:
-    text = json.dumps(value, indent=2, sort_keys=False) + "\n"
-    atomic_write(Path(path), lambda tmp: tmp.write_text(text))

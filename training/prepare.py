@@ -48,7 +48,7 @@ from hecktor.normalise import normalise_pet
 from hecktor.preprocess import extract_roi, label_volumes_ml
 from hecktor.read import read_case, read_image
 from hecktor.types import InputError
-from hecktor.write import atomic_write
+from training.workspace import write_json
 
 __all__ = [
     "CHANNELS",
@@ -191,13 +191,6 @@ def _read_labels(path: Path) -> sitk.Image:
     return image
 
 
-def _source_volumes_ml(labels: sitk.Image) -> dict[int, float]:
-    direction = np.asarray(labels.GetDirection()).reshape(3, 3)
-    voxel_ml = abs(float(np.linalg.det(direction))) * float(np.prod(labels.GetSpacing())) / 1000.0
-    counts = np.bincount(sitk.GetArrayViewFromImage(labels).astype(np.int64).ravel(), minlength=3)
-    return {label: float(counts[label]) * voxel_ml for label in (1, 2)}
-
-
 def prepare_case(case: SourceCase, config: PreprocessConfig, suv_factor: float | None, staging: Path) -> dict[str, Any]:
     """Read, place the ROI, resample and write one case into ``staging``; returns its ``cases.json`` record."""
     image_case = read_case(case.folder, known_suv_factor=suv_factor)
@@ -208,7 +201,8 @@ def prepare_case(case: SourceCase, config: PreprocessConfig, suv_factor: float |
     for path, values in ((ct_path, roi.ct_hu), (pet_path, normalise_pet(roi.pet_suv)), (label_path, roi.labels)):
         path.parent.mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(image_on_grid(values, roi.grid), str(path), useCompression=True)
-    before, after = _source_volumes_ml(labels), label_volumes_ml(roi.labels, roi.grid.GetSpacing())
+    before = label_volumes_ml(sitk.GetArrayViewFromImage(labels).astype(np.uint8), labels)  # a copy: no view kept
+    after = label_volumes_ml(roi.labels, roi.grid)
     return {
         "case_id": case.case_id,
         "centre": case.centre,
@@ -259,11 +253,6 @@ def _dataset_json(cases: Sequence[str], config: PreprocessConfig, synthetic: boo
     }
 
 
-def _write_json(path: Path, value: Any) -> None:
-    text = json.dumps(value, indent=2, sort_keys=True) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
 def prepare_dataset(
     source: Path,
     dataset_dir: Path,
@@ -296,7 +285,7 @@ def prepare_dataset(
             continue
         _publish(staging, dataset_dir, case.case_id)
         records[case.case_id] = record
-        _write_json(records_path, records)
+        write_json(records_path, records, sort_keys=True)
         warning = _volume_warning(record)
         if warning:
             log.warning(warning)
@@ -306,8 +295,8 @@ def prepare_dataset(
                  "x".join(map(str, record["roi_size_xyz"])), record["pet_units"], time.perf_counter() - start)
     shutil.rmtree(staging, ignore_errors=True)
     finished = sorted(c for c in records if _is_done(dataset_dir, c))
-    _write_json(dataset_dir / "dataset.json", _dataset_json(finished, config, _is_synthetic(Path(source)),
-                                                            Path(source)))
+    write_json(dataset_dir / "dataset.json", _dataset_json(finished, config, _is_synthetic(Path(source)), Path(source)),
+               sort_keys=True)
     return PrepareSummary(dataset_dir, tuple(prepared), tuple(done_before), tuple(skipped), tuple(warnings))
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from training.losses import LOSS_NAMES
-from training.plan import BASE_CONFIGURATION, PLANS_NAME, fold_index, write_json
-from training.workspace import Workspace
+from training.plan import BASE_CONFIGURATION, PLANS_NAME, fold_index
+from training.workspace import Workspace, write_json
 
 __all__ = ["ARCHITECTURES", "TRAINER_NAME", "TrainSettings", "configuration_name", "ensure_configuration",
            "fold_folder", "train_fold"]
@@ -132,11 +132,12 @@ def _ddp_worker(rank: int, world_size: int, root: str, dataset: str, configurati
     import torch
     import torch.distributed as dist
 
-    Workspace(Path(root), dataset).activate()
+    workspace = Workspace(Path(root), dataset)
+    workspace.activate()
     dist.init_process_group("nccl", rank=rank, world_size=world_size)
     torch.cuda.set_device(torch.device("cuda", rank))
     try:
-        _run(_trainer(Workspace(Path(root), dataset), configuration, fold, torch.device("cuda", rank), resume), resume)
+        _run(_trainer(workspace, configuration, fold, torch.device("cuda", rank), resume), resume)
     finally:
         dist.destroy_process_group()
 

@@ -8,12 +8,16 @@ the ``--work`` folder of ``python -m training``, before any nnU-Net function run
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["DEFAULT_DATASET", "SHIPPED_MODEL_DIR", "TRAINERS_DIR", "Workspace", "check_dataset_name"]
+from hecktor.write import atomic_write
+
+__all__ = ["DEFAULT_DATASET", "SHIPPED_MODEL_DIR", "TRAINERS_DIR", "Workspace", "check_dataset_name", "write_json"]
 
 # nnU-Net's naming rule: DatasetXXX_Name with a three-digit id.
 DEFAULT_DATASET = "Dataset501_HECKTOR2025ROI"
@@ -76,3 +80,9 @@ class Workspace:
         os.environ["nnUNet_extTrainer"] = str(TRAINERS_DIR)  # noqa: SIM112
         if data_workers is not None:
             os.environ["nnUNet_n_proc_DA"] = str(data_workers)  # noqa: SIM112
+
+
+def write_json(path: Path, value: Any, sort_keys: bool = False) -> None:
+    """``value`` as indented JSON, written to a temporary file and renamed over ``path`` (never half written)."""
+    text = json.dumps(value, indent=2, sort_keys=sort_keys) + "\n"
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text))
