@@ -45,7 +45,7 @@ from training.cv_report import TRAINER_PREFIX, find_configuration, fold_figures,
 from training.plan import PLANS_NAME
 from training.workspace import Workspace
 
-__all__ = ["CHECKPOINT_SAFE_GLOBALS", "export_model_folder", "load_checkpoint", "member_network"]
+__all__ = ["CHECKPOINT_SAFE_GLOBALS", "export_model_folder", "load_checkpoint", "member_file", "member_network"]
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +99,19 @@ def _ct_normalisation(plans: dict[str, Any]) -> dict[str, float]:
             "upper": float(stats["percentile_99_5"])}
 
 
-def _member_bytes(network: Any, kwargs: dict[str, Any], patch: tuple[int, int, int], onnx: bool,
-                  fp16_weights: bool, card: dict[str, Any]) -> tuple[bytes, str]:
+def member_file(network: Any, arch_kwargs: dict[str, Any], patch: tuple[int, int, int], onnx: bool,
+                fp16_weights: bool, model_card: str) -> tuple[bytes, str]:
+    """A member's file and its suffix: ONNX (optionally float16 weights), or safetensors carrying ``model_card``
+    as metadata. Also what ``make_random_weights`` writes."""
     if onnx:
         from hecktor.segment.onnx_export import export_member_to_onnx, member_in_channels, with_float16_weights
 
-        data = export_member_to_onnx(network, member_in_channels(kwargs), patch)
+        data = export_member_to_onnx(network, member_in_channels(arch_kwargs), patch)
         return (with_float16_weights(data) if fp16_weights else data), ".onnx"
     from safetensors.torch import save
 
     state = {k: v.detach().contiguous() for k, v in network.state_dict().items()}
-    return save(state, metadata={"model_card": json.dumps(card, sort_keys=True)}), ".safetensors"
+    return save(state, metadata={"model_card": model_card}), ".safetensors"
 
 
 def _model_card(workspace: Workspace, dataset_json: dict[str, Any], configuration: str, config: dict[str, Any],
@@ -194,7 +196,7 @@ def export_model_folder(
             card = _model_card(workspace, dataset_json, configuration, config, split, entry, checkpoint, figures,
                                train_cases)
             patch = tuple(int(p) for p in config["patch_size"])
-            data, suffix = _member_bytes(network, kwargs, patch, onnx, fp16_weights, card)
+            data, suffix = member_file(network, kwargs, patch, onnx, fp16_weights, json.dumps(card, sort_keys=True))
             name = f"{configuration}_{split}_fold{entry['index']}".replace("-", "_")
             (staging / f"{name}{suffix}").write_bytes(data)
             members.append({"name": name, "architecture": architecture, "arch_kwargs": kwargs,

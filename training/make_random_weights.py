@@ -17,7 +17,6 @@ from types import MappingProxyType
 from typing import Any
 
 import torch
-from safetensors.torch import save as save_safetensors
 
 from hecktor.manifest import (
     CHALLENGE_LABELS,
@@ -29,7 +28,7 @@ from hecktor.manifest import (
     write_manifest,
 )
 from hecktor.segment.networks import build_network, count_parameters
-from hecktor.segment.onnx_export import export_member_to_onnx, member_in_channels
+from training.export import member_file
 
 __all__ = ["DEFAULT_CT_NORMALISATION", "RANDOM_ENSEMBLE_OPTIONS", "RANDOM_MODEL_CARD", "make_random_weights"]
 
@@ -46,15 +45,6 @@ RANDOM_ENSEMBLE_OPTIONS: Mapping[str, Any] = MappingProxyType(
     {"overlap": 0.5, "mirror_axes": (), "batch_size": 2, "whole_roi_if_fits": False}
 )
 RANDOM_DESCRIPTION = "Randomly initialised ensemble, NOT trained: for tests and benchmarks only."
-
-
-def _member_file(
-    network: torch.nn.Module, arch_kwargs: dict[str, Any], patch: tuple[int, int, int], onnx: bool
-) -> bytes:
-    if onnx:
-        return export_member_to_onnx(network, member_in_channels(arch_kwargs), patch)
-    state = {k: v.detach().contiguous() for k, v in network.state_dict().items()}
-    return save_safetensors(state, metadata={"model_card": RANDOM_MODEL_CARD})
 
 
 def make_random_weights(
@@ -96,8 +86,8 @@ def make_random_weights(
         torch.manual_seed(seed + index)
         network = build_network(architecture, arch_kwargs)
         name = f"random_{architecture.lower()}_{index}"
-        file_name = f"{name}.onnx" if onnx else f"{name}.safetensors"
-        data = _member_file(network, arch_kwargs, patch_size, onnx)
+        data, suffix = member_file(network, arch_kwargs, patch_size, onnx, False, RANDOM_MODEL_CARD)
+        file_name = f"{name}{suffix}"
         (out_dir / file_name).write_bytes(data)
         log.info("wrote %s (%d parameters)", file_name, count_parameters(network))
         entries.append(
