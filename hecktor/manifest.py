@@ -11,6 +11,7 @@ Nothing else in the package reads files for configuration or looks at environmen
 
 from __future__ import annotations
 
+import itertools
 import json
 import types
 from collections.abc import Mapping
@@ -33,6 +34,7 @@ from pydantic.dataclasses import dataclass as schema_dataclass
 from pydantic_core import ErrorDetails, to_jsonable_python
 
 from hecktor import normalise
+from hecktor.outcome.features import CLINICAL_FEATURES
 from hecktor.write import atomic_write
 
 __all__ = [
@@ -46,6 +48,8 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "MemberConfig",
+    "OutcomeClinicalFeature",
+    "OutcomeNetworkConfig",
     "PetThresholdConfig",
     "PostprocessConfig",
     "PreprocessConfig",
@@ -231,6 +235,68 @@ class _SegmentationSection:
         return self
 
 
+@schema_dataclass(frozen=True, config=_SCHEMA)
+class OutcomeClinicalFeature:
+    """One input of the outcome network's clinical vector and its training statistics (median for imputation,
+    mean and std for the z-score); see :mod:`hecktor.outcome.features`."""
+
+    name: NonEmptyStr
+    median: float
+    mean: float
+    std: PositiveFloat
+
+    @field_validator("name")
+    @classmethod
+    def _known_feature(cls, value: str) -> str:
+        if value not in CLINICAL_FEATURES:
+            raise ValueError(f"unknown clinical feature {value!r} (known: {', '.join(CLINICAL_FEATURES)})")
+        return value
+
+
+@schema_dataclass(frozen=True, config=_SCHEMA)
+class OutcomeNetworkConfig:
+    """The optional image network for Tasks 2 and 3 (seed 000, :mod:`hecktor.outcome`); absent: the clinical
+    models answer. Its inputs are a ``patch_size`` patch of the ROI grid around the lesions' centroid."""
+
+    name: NonEmptyStr
+    backend: Literal["torch", "onnxruntime"]
+    weights: RelativeFile  # .safetensors (torch) or .onnx (onnxruntime)
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    arch_kwargs: dict[str, Any]  # hecktor.outcome.network.OutcomeArchitecture, every field
+    patch_size: tuple[PositiveInt, PositiveInt, PositiveInt]  # z, y, x voxels of the ROI grid
+    ct_window_hu: tuple[float, float]  # CT clipped to this range and scaled to [0, 1]
+    rfs_cut_points_days: tuple[PositiveFloat, ...]  # K - 1 increasing cut points of the K hazard bins
+    hpv_threshold: Annotated[float, Field(gt=0, lt=1)]  # on the HPV probability
+    clinical_features: tuple[OutcomeClinicalFeature, ...]
+    clinical_z_clip: PositiveFloat
+    trained_on_real_data: bool
+    model_card: dict[str, Any]  # what the network is and what it was trained on; free form
+
+    @field_validator("arch_kwargs", "model_card")
+    @classmethod
+    def _plain_json(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _json_value(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OutcomeNetworkConfig:
+        if not self.weights.endswith(WEIGHTS_SUFFIX[self.backend]):
+            raise ValueError(f"backend {self.backend!r} needs a {WEIGHTS_SUFFIX[self.backend]} file, "
+                             f"got {self.weights!r}")
+        cuts = list(self.rfs_cut_points_days)
+        if not cuts or any(b <= a for a, b in itertools.pairwise(cuts)):
+            raise ValueError(f"rfs_cut_points_days must be increasing and not empty, got {cuts}")
+        if not self.ct_window_hu[0] < self.ct_window_hu[1]:
+            raise ValueError(f"ct_window_hu needs lower < upper, got {list(self.ct_window_hu)}")
+        names = [f.name for f in self.clinical_features]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"clinical_features must name distinct features, at least one, got {names}")
+        expected = {"num_bins": len(cuts) + 1, "clinical_features": len(names)}
+        for key, value in expected.items():
+            if key in self.arch_kwargs and self.arch_kwargs[key] != value:
+                raise ValueError(f"arch_kwargs.{key} is {self.arch_kwargs[key]}, the section implies {value}")
+        return self
+
+
 @schema_dataclass(frozen=True, config=_SCHEMA, kw_only=True)
 class _ManifestDocument:
     """The file as written: key for key what ``manifest.json`` holds."""
@@ -241,6 +307,7 @@ class _ManifestDocument:
     preprocess: PreprocessConfig
     rfs_model: RelativeFile
     hpv_model: RelativeFile
+    outcome_network: OutcomeNetworkConfig | None = None  # optional image network for Tasks 2/3
 
     @field_validator("format_version")
     @classmethod
@@ -268,6 +335,7 @@ class Manifest:
     rfs_model: Path
     hpv_model: Path
     description: str | None = None
+    outcome_network: OutcomeNetworkConfig | None = None  # its weights lie in weights_dir
 
 
 # --- error messages -----------------------------------------------------------------------------------------
@@ -417,6 +485,7 @@ def manifest_from_json(document: Any, weights_dir: Path, source: str | None = No
         rfs_model=weights_dir / parsed.rfs_model,
         hpv_model=weights_dir / parsed.hpv_model,
         description=parsed.description,
+        outcome_network=parsed.outcome_network,
     )
 
 
@@ -459,6 +528,7 @@ def manifest_json(manifest: Manifest) -> dict[str, Any]:
         "preprocess": to_jsonable_python(manifest.preprocess),
         "rfs_model": _name_inside(manifest.rfs_model, weights_dir, "rfs_model"),
         "hpv_model": _name_inside(manifest.hpv_model, weights_dir, "hpv_model"),
+        "outcome_network": to_jsonable_python(manifest.outcome_network),
     }
     document = {key: value for key, value in document.items() if value is not None}
     # Validated as the loader validates the file, so the messages and the key paths are the same.

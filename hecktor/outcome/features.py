@@ -1,0 +1,137 @@
+"""The outcome network's clinical vector: which features exist, their raw values, and their scaling.
+
+Seed 000's clinical branch takes the ``ehr.json`` variables and the lesion measurements (MTV, NTV, SUVmax,
+TLG, NLG). Here every feature is one number: binary fields are 0/1, the measurements are log-scaled. A
+missing value is imputed with the training median, then the value is z-scored with the training mean and
+standard deviation and clipped to +-``z_clip`` (all stored in the manifest's ``outcome_network`` section), so
+a failed segmentation moves the output a bounded amount. There are no missing-value indicators: an indicator
+that is 1 for one cohort only identifies the cohort (issue 9). ``CenterID`` and HPV status are never inputs.
+
+Numpy only; :mod:`hecktor.manifest` imports :data:`CLINICAL_FEATURES` to validate the section's feature names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Protocol
+
+import numpy as np
+
+from hecktor.types import ClinicalRecord, Measurements
+
+__all__ = [
+    "CLINICAL_FEATURES",
+    "FeatureScaling",
+    "FeatureScalingLike",
+    "clinical_values",
+    "clinical_vector",
+    "fit_scaling",
+]
+
+_EHR_FIELDS = (
+    "age",
+    "gender_male",
+    "tobacco",
+    "alcohol",
+    "performance_status",
+    "treatment_chemoradiotherapy",
+    "m_stage",
+)
+
+CLINICAL_FEATURES: Mapping[str, str] = MappingProxyType(
+    {
+        "age": "age in years (ehr.json)",
+        "gender_male": "1 male, 0 female (ehr.json)",
+        "tobacco": "tobacco consumption 0/1 (ehr.json)",
+        "alcohol": "alcohol consumption 0/1 (ehr.json)",
+        "performance_status": "performance status 0-4 (ehr.json)",
+        "treatment_chemoradiotherapy": "1 chemoradiotherapy, 0 radiotherapy alone (ehr.json)",
+        "m_stage": "M-stage 0/1 (ehr.json)",
+        "log_gtvp_volume": "log(1 + GTVp volume in mL) (measured)",
+        "log_gtvn_volume": "log(1 + GTVn volume in mL) (measured)",
+        "log_gtvp_suvmax": "log(1 + GTVp SUVmax), unknown without a GTVp (measured)",
+        "log_gtvn_suvmax": "log(1 + GTVn SUVmax), unknown without a GTVn (measured)",
+        "log_tlg": "log(1 + TLG of GTVp in SUV*mL) (measured)",
+        "log_nlg": "log(1 + NLG of GTVn in SUV*mL) (measured)",
+    }
+)
+
+
+class FeatureScalingLike(Protocol):
+    """What :func:`clinical_vector` needs of one feature (the manifest's entries have these attributes)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def median(self) -> float: ...
+
+    @property
+    def mean(self) -> float: ...
+
+    @property
+    def std(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class FeatureScaling:
+    name: str
+    median: float
+    mean: float
+    std: float
+
+
+def _log1p(value: float | int | None) -> float | None:
+    if value is None or not math.isfinite(float(value)) or float(value) < 0:
+        return None
+    return math.log1p(float(value))
+
+
+def clinical_values(record: ClinicalRecord, measurements: Measurements | None) -> dict[str, float | None]:
+    """Every feature of :data:`CLINICAL_FEATURES` for one case; ``None`` = unknown (no measurements: all image
+    features unknown)."""
+    values: dict[str, float | None] = {name: getattr(record, name) for name in _EHR_FIELDS}
+    m = None if measurements is None else measurements.as_dict()
+    get = (lambda key: None) if m is None else m.get
+    values["log_gtvp_volume"] = _log1p(get("gtvp_volume_ml"))
+    values["log_gtvn_volume"] = _log1p(get("gtvn_volume_ml"))
+    values["log_gtvp_suvmax"] = _log1p(get("gtvp_suvmax"))
+    values["log_gtvn_suvmax"] = _log1p(get("gtvn_suvmax"))
+    values["log_tlg"] = _log1p(get("tlg"))
+    values["log_nlg"] = _log1p(get("nlg"))
+    return values
+
+
+def clinical_vector(
+    values: Mapping[str, float | None], scaling: Sequence[FeatureScalingLike], z_clip: float
+) -> np.ndarray:
+    """(P,) float32: each feature of ``scaling`` in order, median-imputed, z-scored, clipped to +-``z_clip``."""
+    out = np.empty(len(scaling), dtype=np.float32)
+    for i, feature in enumerate(scaling):
+        value = values.get(feature.name)
+        raw = feature.median if value is None or not math.isfinite(float(value)) else float(value)
+        out[i] = float(np.clip((raw - feature.mean) / feature.std, -z_clip, z_clip))
+    return out
+
+
+def fit_scaling(rows: Sequence[Mapping[str, float | None]], names: Sequence[str]) -> list[FeatureScaling]:
+    """Median, then mean and standard deviation after median imputation, of each feature over training rows.
+
+    A feature never observed gets median 0; a constant one gets std 1 (its z-score is then 0 for the median).
+    """
+    unknown = sorted(set(names) - set(CLINICAL_FEATURES))
+    if unknown:
+        raise ValueError(f"unknown clinical features {unknown} (known: {sorted(CLINICAL_FEATURES)})")
+    scaling = []
+    for name in names:
+        seen = np.array([float(r[name]) for r in rows if r.get(name) is not None and math.isfinite(float(r[name]))])
+        median = float(np.median(seen)) if seen.size else 0.0
+        filled = np.array([median if r.get(name) is None else float(r[name]) for r in rows], dtype=np.float64)
+        std = float(filled.std()) if filled.size else 0.0
+        scaling.append(
+            FeatureScaling(name, median, float(filled.mean()) if filled.size else 0.0, std if std > 1e-8 else 1.0)
+        )
+    return scaling
