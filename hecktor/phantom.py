@@ -11,8 +11,9 @@ jittered around the midline primary site, 0 to 3 lateral GTVn nodes, lesion SUV 
 a small global shift and the neck size), and :func:`write_training_dataset` writes such phantoms in
 the HECKTOR 2025 training layout (``Task 1/<ID>/<ID>__CT.nii.gz``, ``__PT.nii.gz``, ``<ID>.nii.gz``
 and ``HECKTOR_2025_Training_Task_1.csv``), some PETs in Bq/mL with a ``bqml_suv_factors.csv``.
-They exist to test a segmentation training pipeline: the IDs look like HECKTOR's (``CHUM-001``)
-but every image is an analytic SYNTHETIC phantom, never patient data.
+SYNTHETIC Task 2/3 outcomes (:func:`synthetic_outcome`, :func:`write_outcome_table`) plant an image-outcome
+relation in those phantoms for tests of the outcome network. They exist to test training pipelines: the IDs
+look like HECKTOR's (``CHUM-001``) but every image is an analytic SYNTHETIC phantom, never patient data.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from hecktor.geometry import image_on_grid
 from hecktor.types import LABEL_GTVN, LABEL_GTVP
 
 __all__ = ["CENTER_IDS", "GTVN_SPHERES", "GTVP_SPHERE", "SAMPLE_EHR", "Phantom", "PhantomGeometry",
-           "PhantomVariant", "TrainingDataset", "TrainingPhantom", "make_phantom", "make_training_phantom",
-           "sample_phantom_variant", "training_case_seed", "write_platform_case", "write_training_dataset"]
+           "PhantomVariant", "SyntheticOutcome", "TrainingDataset", "TrainingPhantom", "make_phantom",
+           "make_training_phantom", "sample_phantom_variant", "synthetic_outcome", "training_case_seed",
+           "write_outcome_table", "write_platform_case", "write_training_dataset"]
 
 SAMPLE_EHR = {
     "CenterID": 5,
@@ -554,3 +556,80 @@ def write_training_dataset(
         bqml_cases=tuple(bqml_cases),
         seed_of=MappingProxyType(seed_of),
     )
+
+
+# --------------------------------------------------------------------------- SYNTHETIC Task 2/3 outcomes
+
+TASK2_CSV_NAME = "HECKTOR_2025_Training_Task_2_SYNTHETIC.csv"
+_OUTCOME_TAG = 0x5246_5321  # "RFS!": the outcome stream of a seed, apart from its lesion stream
+_RFS_MEDIAN_DAYS = 1500.0
+_CENSOR_DAYS = (300.0, 3500.0)
+
+
+@dataclass(frozen=True)
+class SyntheticOutcome:
+    """SYNTHETIC Task 2/3 labels of one training phantom, with a planted image-outcome relation.
+
+    HPV: ``logit = 2 (log(1 + GTVn mL) - 1.3) - 2 (log(1 + GTVp mL) - 2.2) + N(0, 0.5)``, positive when > 0:
+    HPV-positive phantoms have bigger nodes and a smaller primary. RFS: exponential with median 1500 days at
+    log-hazard ratio 0, ``log HR = (GTVp SUV - 12) / 2.3 + 1.5 (log(1 + GTVp + GTVn mL) - 2.6)``: more uptake and
+    more tumour relapse earlier; censored uniformly in 300-3500 days. The clinical fields are noise, unrelated
+    to the outcome. Volumes are the analytic spheres'.
+    """
+
+    rfs_days: float
+    relapse: int
+    hpv_positive: int
+    hpv_logit: float  # the planted logit before thresholding (noise included)
+    log_hazard_ratio: float
+    clinical: Mapping[str, object]  # ehr.json-like fields (Age, Gender, ...): SYNTHETIC noise
+
+
+def _ball_ml(radius_mm: float) -> float:
+    return 4.0 / 3.0 * np.pi * radius_mm**3 / 1000.0
+
+
+def synthetic_outcome(variant: PhantomVariant) -> SyntheticOutcome:
+    """The SYNTHETIC outcome planted for ``variant`` (deterministic per seed); see :class:`SyntheticOutcome`."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(variant.seed), _OUTCOME_TAG]))
+    gtvp_ml = _ball_ml(variant.gtvp[1])
+    gtvn_ml = sum(_ball_ml(r) for _, r in variant.gtvn)
+    hpv_logit = 2.0 * (np.log1p(gtvn_ml) - 1.3) - 2.0 * (np.log1p(gtvp_ml) - 2.2) + 0.5 * rng.standard_normal()
+    log_hr = (variant.gtvp_suv - 12.0) / 2.3 + 1.5 * (np.log1p(gtvp_ml + gtvn_ml) - 2.6)
+    event_days = -np.log(rng.uniform()) / (np.log(2.0) / _RFS_MEDIAN_DAYS * np.exp(log_hr))
+    censor_days = rng.uniform(*_CENSOR_DAYS)
+    clinical = {
+        "Age": int(rng.integers(40, 85)),
+        "Gender": int(rng.random() < 0.8),
+        "Tobacco Consumption": int(rng.random() < 0.5),
+        "Alcohol Consumption": int(rng.random() < 0.5),
+        "Performance Status": int(rng.integers(0, 3)),
+        "Treatment": int(rng.random() < 0.7),
+        "M-stage": "M0",
+    }
+    return SyntheticOutcome(
+        rfs_days=float(round(min(event_days, censor_days))),
+        relapse=int(event_days <= censor_days),
+        hpv_positive=int(hpv_logit > 0.0),
+        hpv_logit=float(hpv_logit),
+        log_hazard_ratio=float(log_hr),
+        clinical=MappingProxyType(clinical),
+    )
+
+
+def write_outcome_table(dataset: TrainingDataset) -> Path:
+    """Write ``root/HECKTOR_2025_Training_Task_2_SYNTHETIC.csv`` for a dataset of :func:`write_training_dataset`:
+    the HECKTOR 2025 Task 2 columns (PatientID, CenterID, Age, Gender, Tobacco/Alcohol Consumption, Performance
+    Status, Treatment, M-stage, HPV Status, Relapse, RFS) from :func:`synthetic_outcome`, plus ``Synthetic`` = 1."""
+    center_ids = _center_ids(list(dict.fromkeys(dataset.centre_of[c] for c in dataset.case_ids)))
+    rows = []
+    for case_id in dataset.case_ids:
+        outcome = synthetic_outcome(sample_phantom_variant(dataset.seed_of[case_id]))
+        rows.append({"PatientID": case_id, "CenterID": center_ids[dataset.centre_of[case_id]], **outcome.clinical,
+                     "HPV Status": outcome.hpv_positive, "Relapse": outcome.relapse, "RFS": outcome.rfs_days,
+                     "Synthetic": 1})
+    columns = ["PatientID", "CenterID", "Age", "Gender", "Tobacco Consumption", "Alcohol Consumption",
+               "Performance Status", "Treatment", "M-stage", "HPV Status", "Relapse", "RFS", "Synthetic"]
+    path = dataset.root / TASK2_CSV_NAME
+    _write_csv(path, columns, rows)
+    return path
