@@ -53,6 +53,8 @@ __all__ = [
     "PetThresholdConfig",
     "PostprocessConfig",
     "PreprocessConfig",
+    "RadiomicsConfig",
+    "RadiomicsModalityConfig",
     "load_manifest",
     "manifest_from_json",
     "manifest_json",
@@ -297,6 +299,39 @@ class OutcomeNetworkConfig:
         return self
 
 
+@schema_dataclass(frozen=True, config=_SCHEMA)
+class RadiomicsModalityConfig:
+    """Intensity settings of one modality (CT in HU, PET in SUV) for :mod:`hecktor.radiomics`."""
+
+    bin_width: PositiveFloat  # fixed bin size of the discretisation
+    # Re-segmentation range [lower, upper]; upper null: none. The bins start at lower, which must be a whole
+    # multiple of bin_width (then PyRadiomics' bins are IBSI's; see hecktor.radiomics).
+    resegment_range: tuple[float, float | None]
+    round_intensities: bool  # round to whole numbers after interpolation (IBSI: CT in HU)
+
+    @model_validator(mode="after")
+    def _bins_start_at_lower(self) -> RadiomicsModalityConfig:
+        lower, upper = self.resegment_range
+        if upper is not None and not lower < upper:
+            raise ValueError(f"resegment_range needs lower < upper, got {[lower, upper]}")
+        steps = lower / self.bin_width
+        if abs(steps - round(steps)) > 1e-9 * max(1.0, abs(steps)):
+            raise ValueError(f"resegment_range lower bound {lower} must be a whole multiple of bin_width "
+                             f"{self.bin_width}")
+        return self
+
+
+@schema_dataclass(frozen=True, config=_SCHEMA)
+class RadiomicsConfig:
+    """The optional radiomics of GTVp and GTVn (:mod:`hecktor.radiomics`); absent: not computed."""
+
+    spacing_mm: PositiveFloat  # isotropic grid the features are computed on
+    mask_threshold: Annotated[float, Field(gt=0, le=1)]  # interpolated mask kept where >= this (IBSI: 0.5)
+    min_voxels: PositiveInt  # smaller regions (on that grid) give None
+    ct: RadiomicsModalityConfig
+    pet: RadiomicsModalityConfig
+
+
 @schema_dataclass(frozen=True, config=_SCHEMA, kw_only=True)
 class _ManifestDocument:
     """The file as written: key for key what ``manifest.json`` holds."""
@@ -308,6 +343,7 @@ class _ManifestDocument:
     rfs_model: RelativeFile
     hpv_model: RelativeFile
     outcome_network: OutcomeNetworkConfig | None = None  # optional image network for Tasks 2/3
+    radiomics: RadiomicsConfig | None = None  # optional radiomics in the measure stage
 
     @field_validator("format_version")
     @classmethod
@@ -336,6 +372,7 @@ class Manifest:
     hpv_model: Path
     description: str | None = None
     outcome_network: OutcomeNetworkConfig | None = None  # its weights lie in weights_dir
+    radiomics: RadiomicsConfig | None = None  # None: the measure stage computes no radiomics
 
 
 # --- error messages -----------------------------------------------------------------------------------------
@@ -486,6 +523,7 @@ def manifest_from_json(document: Any, weights_dir: Path, source: str | None = No
         hpv_model=weights_dir / parsed.hpv_model,
         description=parsed.description,
         outcome_network=parsed.outcome_network,
+        radiomics=parsed.radiomics,
     )
 
 
@@ -529,6 +567,7 @@ def manifest_json(manifest: Manifest) -> dict[str, Any]:
         "rfs_model": _name_inside(manifest.rfs_model, weights_dir, "rfs_model"),
         "hpv_model": _name_inside(manifest.hpv_model, weights_dir, "hpv_model"),
         "outcome_network": to_jsonable_python(manifest.outcome_network),
+        "radiomics": to_jsonable_python(manifest.radiomics),
     }
     document = {key: value for key, value in document.items() if value is not None}
     # Validated as the loader validates the file, so the messages and the key paths are the same.

@@ -12,14 +12,18 @@ whatever the allocator left there (seen as SUVmax 0.0 or 1.5e16 for the same cas
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cc3d
 import numpy as np
 import SimpleITK as sitk
 
 from hecktor.geometry import resample_to_grid, sub_grid, voxel_volume_ml
+from hecktor.manifest import RadiomicsConfig
+from hecktor.radiomics import radiomics_features
 from hecktor.types import LABEL_GTVN, LABEL_GTVP, Measurements
 
-__all__ = ["measure"]
+__all__ = ["measure", "with_radiomics"]
 
 
 def _pet_on_label_box(labels: np.ndarray, label_image: sitk.Image, pet: sitk.Image) -> tuple[np.ndarray, tuple]:
@@ -31,8 +35,28 @@ def _pet_on_label_box(labels: np.ndarray, label_image: sitk.Image, pet: sitk.Ima
     return sitk.GetArrayFromImage(resample_to_grid(pet, grid, "linear", 0.0)), box
 
 
-def measure(label_image: sitk.Image, pet_suv: sitk.Image) -> Measurements:
-    """Volumes (mL), SUVmax/SUVmean, TLG, NLG and node count of the label image."""
+def measure(
+    label_image: sitk.Image, pet_suv: sitk.Image, ct_hu: sitk.Image | None = None,
+    radiomics: RadiomicsConfig | None = None,
+) -> Measurements:
+    """Volumes (mL), SUVmax/SUVmean, TLG, NLG and node count of the label image; with ``radiomics`` (the
+    manifest's section) and the CT, also the radiomics features (:func:`with_radiomics`)."""
+    measured = _measure_pet(label_image, pet_suv)
+    if radiomics is None:
+        return measured
+    if ct_hu is None:
+        raise ValueError("radiomics need the CT image")
+    return with_radiomics(measured, label_image, pet_suv, ct_hu, radiomics)
+
+
+def with_radiomics(
+    measured: Measurements, label_image: sitk.Image, pet_suv: sitk.Image, ct_hu: sitk.Image, config: RadiomicsConfig
+) -> Measurements:
+    """``measured`` with the radiomics features of :func:`hecktor.radiomics.radiomics_features` added."""
+    return replace(measured, radiomics=radiomics_features(ct_hu, pet_suv, label_image, config))
+
+
+def _measure_pet(label_image: sitk.Image, pet_suv: sitk.Image) -> Measurements:
     labels = sitk.GetArrayFromImage(label_image)
     if not labels.any():
         return Measurements(0.0, 0.0, None, None, None, None, 0.0, 0.0, 0)

@@ -6,6 +6,7 @@ the last moment (see ``hecktor.geometry``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,9 +135,14 @@ class Measurements:
     tlg: float  # SUVmean x volume of GTVp, in SUV*mL
     nlg: float  # SUVmean x volume of GTVn, in SUV*mL
     node_count: int
+    # Radiomics features by name (hecktor.radiomics.FEATURE_NAMES) when the manifest enables them, else None.
+    radiomics: Mapping[str, float | None] | None = None
 
     def as_dict(self) -> dict[str, float | int | None]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        """The fields above by name, then the radiomics features (if any) under their own prefixed names."""
+        values = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "radiomics"}
+        values.update(self.radiomics or {})
+        return values
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@
     python -m training --work W train --split kfold5 --fold 0          (once per fold; --num-gpus N for DDP)
     python -m training --work W export OUT_DIR --split kfold5
     python -m training --work W evaluate --split kfold5
+    python -m training --work W radiomics DATA [--out CSV]          (radiomics of the reference masks)
 
 ``W`` holds nnU-Net's raw, preprocessed and results folders. Every step can be re-run: ``prepare`` skips
 finished cases, ``train --resume`` continues from the last checkpoint, ``export`` writes a new folder.
@@ -93,6 +94,16 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the report here")
 
 
+def _add_radiomics(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("radiomics", help="radiomics of every contoured case (the container's measure-stage "
+                            "function, the manifest's radiomics settings) -> one CSV row per case")
+    p.add_argument("source", type=Path, help="folder with 'Task 1/<ID>/...' or case folders (as for prepare)")
+    p.add_argument("--out", type=Path, default=None, help="CSV to write (default: WORK/radiomics.csv)")
+    p.add_argument("--suv-factors", type=Path, default=None, help="as for prepare")
+    p.add_argument("--settings-from", type=Path, default=None, metavar="MODEL_DIR",
+                   help="take the radiomics settings from this model folder's manifest (default: the shipped one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0],
                                      epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawTextHelpFormatter)
@@ -101,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default=DEFAULT_DATASET, help="nnU-Net dataset name (DatasetXXX_Name)")
     parser.add_argument("-v", "--verbose", action="store_true")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_prepare, _add_plan, _add_train, _add_export, _add_evaluate):
+    for add in (_add_prepare, _add_plan, _add_train, _add_export, _add_evaluate, _add_radiomics):
         add(commands)
     commands.add_parser("clinical", help="train the Task 2/3 clinical models (training/train_clinical_models.py)",
                         add_help=False)
@@ -151,6 +162,21 @@ def _run(args: argparse.Namespace, workspace: Workspace) -> int:
         if args.json:
             write_report(args.json, report)
         return 0
+    if args.command == "radiomics":
+        from hecktor.manifest import load_manifest
+        from training.prepare import read_suv_factors
+        from training.radiomics_table import radiomics_table, write_radiomics_csv
+
+        model_dir = args.settings_from or SHIPPED_MODEL_DIR
+        config = load_manifest(model_dir).radiomics
+        if config is None:
+            raise ValueError(f"{model_dir}: the manifest has no radiomics section (it sets how they are computed)")
+        table = radiomics_table(args.source, config, read_suv_factors(args.suv_factors))
+        out = write_radiomics_csv(args.out or workspace.root / "radiomics.csv", table.rows)
+        for skipped in table.skipped:
+            print(f"skipped {skipped.case_id}: {skipped.reason}")
+        print(f"{len(table.rows)} cases -> {out}")
+        return 0 if table.rows else 1
     raise AssertionError(args.command)
 
 
