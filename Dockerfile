@@ -37,6 +37,22 @@ COPY hecktor/ /src/hecktor/
 RUN /opt/venv/bin/pip wheel ${PIP_CERT:+--cert "$PIP_CERT"} --no-deps --wheel-dir /wheel /src
 
 
+# The runtime pins that PyPI publishes as source only (requirements/sdists.txt: pyradiomics-bhklab, with C
+# extensions, and docopt) as wheels, built in their own stage so that the compiler, Python's headers and the build
+# tools never reach the image: only the wheels (about 200 kB) cross over. No build isolation: the build uses exactly
+# requirements/sdists-build.txt, whose numpy is the runtime pin, so the extensions are compiled against the numpy
+# they run with, on the image's own Debian Python 3.11.
+FROM python AS sdists
+ARG PIP_CERT=
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev libpython3.11-dev \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb /var/log/apt /var/log/dpkg.log
+COPY requirements/sdists.txt requirements/sdists-build.txt /src/requirements/
+RUN /opt/venv/bin/pip install ${PIP_CERT:+--cert "$PIP_CERT"} --only-binary=:all: -r /src/requirements/sdists-build.txt \
+ && /opt/venv/bin/pip wheel ${PIP_CERT:+--cert "$PIP_CERT"} --no-deps --no-build-isolation --use-pep517 --no-binary=:all: \
+      --wheel-dir /sdist-wheels -r /src/requirements/sdists.txt
+
+
 # The model folder, readable by any user (the platform picks the user), whatever the build context's modes.
 FROM python AS weights
 # The model folder (manifest.json, members, Task 2/3 models), relative to the build context.
@@ -71,10 +87,14 @@ RUN case "$FLAVOUR" in onnxruntime|torch) ;; \
 
 # Copied, not bind-mounted: Podman keys its layer cache on copied files only, so a bind-mounted requirement
 # file that changed would be installed from a stale cached layer. Binary wheels only: a pin without a Linux wheel
-# fails here instead of needing a compiler in the image.
-COPY requirements/core.txt requirements/${FLAVOUR}.txt /opt/hecktor/requirements/
-RUN pip install ${PIP_CERT:+--cert "$PIP_CERT"} --only-binary=:all: -r "/opt/hecktor/requirements/$FLAVOUR.txt" \
- && pip check
+# fails here instead of needing a compiler in the image; the source-only pins come as the wheels of the sdists
+# stage (--find-links), which are deleted after (they cross over by COPY, like the package's wheel below).
+COPY requirements/core.txt requirements/sdists.txt requirements/${FLAVOUR}.txt /opt/hecktor/requirements/
+COPY --from=sdists /sdist-wheels/ /opt/hecktor/sdist-wheels/
+RUN pip install ${PIP_CERT:+--cert "$PIP_CERT"} --only-binary=:all: --find-links /opt/hecktor/sdist-wheels \
+      -r "/opt/hecktor/requirements/$FLAVOUR.txt" \
+ && pip check \
+ && rm -rf /opt/hecktor/sdist-wheels
 
 RUN groupadd --system --gid 10001 hecktor \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin hecktor
@@ -95,7 +115,7 @@ RUN pip install --no-deps --no-index /opt/hecktor/wheel/hecktor-*.whl \
 # too-old library fails here, not as a silent CPU fallback on the platform; libcuda.so.1 comes from the driver at
 # run time and is the one library allowed to be missing); the torch flavour has a CUDA build of torch; the model
 # folder passes the manifest schema and matches the flavour.
-RUN python -c "import hecktor.cli, hecktor.contract" \
+RUN python -c "import hecktor.cli, hecktor.contract, radiomics.glcm, radiomics.shape, radiomics.firstorder" \
  && if [ "$FLAVOUR" = onnxruntime ]; then \
       if python -c "import torch" 2>/dev/null; then echo "torch must not be in the onnxruntime image" >&2; exit 1; fi; \
       python -c "import onnxruntime as ort, sys; from onnxruntime.capi.build_and_package_info import cuda_version; \

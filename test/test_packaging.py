@@ -31,7 +31,8 @@ PYPI = "https://pypi.org/simple/"
 IMAGE_PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(17, 37)] + ["manylinux2014_x86_64", "any"]
 # requirement file -> (packages that must be resolved at these versions, packages that must not be there)
 FLAVOURS = {
-    "requirements/core.txt": ({"numpy": "2.4.6", "simpleitk": "2.5.7", "pydantic": "2.14.3"},
+    "requirements/core.txt": ({"numpy": "2.4.6", "simpleitk": "2.5.7", "pydantic": "2.14.3",
+                               "pyradiomics-bhklab": "3.1.4", "pywavelets": "1.9.0", "docopt": "0.6.2"},
                               {"torch", "onnxruntime", "onnxruntime-gpu"}),
     # The CUDA 12 build with CUDA 12.6-era libraries (README, Containers): nothing of CUDA 13, no nvJitLink.
     "requirements/onnxruntime.txt": ({"onnxruntime-gpu": "1.26.0", "nvidia-cudnn-cu12": "9.6.0.74",
@@ -49,10 +50,17 @@ FLAVOURS = {
                                    "acvl-utils": "0.2.6", "scikit-survival": "0.28.0"},
                                   {"onnxruntime", "onnxruntime-gpu"}),
 }
-# Pins that PyPI publishes as an sdist only (pure Python): a dry run for another platform takes wheels alone, so the
-# test builds these from PyPI's sdist first and offers the wheel with --find-links; the image build lets pip build
-# them (training/Dockerfile: --only-binary=:all: --no-binary=NAME).
-SDIST_ONLY = {"training/requirements.txt": ("acvl-utils",)}
+# Pins that PyPI publishes as an sdist only: a dry run for another platform takes wheels alone, so the test builds
+# these from PyPI's sdist first (their build tools binary, constrained by requirements/sdists-build.txt) and offers
+# the wheels with --find-links. requirements/sdists.txt (pyradiomics-bhklab with C extensions, docopt) is part of
+# the core and so of every set: the inference image builds those wheels in its "sdists" stage (Dockerfile), the
+# training image lets pip build them and acvl-utils (training/Dockerfile: --only-binary=:all: --no-binary=NAMES).
+CORE_SDISTS = ("pyradiomics-bhklab", "docopt")
+SDIST_ONLY = {name: CORE_SDISTS for name in FLAVOURS}
+SDIST_ONLY["training/requirements.txt"] = ("acvl-utils", *CORE_SDISTS)
+# A wheel built here carries the generic tag of a local build (like the one the image's sdists stage builds on the
+# image's own Python), which PyPI never serves: the dry runs that offer such wheels accept that tag too.
+LOCAL_BUILD_PLATFORM = "linux_x86_64"
 # The local CPU onnxruntime and the image's onnxruntime-gpu are one release (tests run the version that ships).
 SAME_RELEASE = ("requirements.txt", "onnxruntime", "requirements/onnxruntime.txt", "onnxruntime-gpu")
 
@@ -69,6 +77,15 @@ def _cert_args() -> list[str]:
     return ["--cert", str(CA_BUNDLE)] if CA_BUNDLE.is_file() else []
 
 
+def _all_pins(path: Path) -> dict[str, str]:
+    """The ``name==version`` lines of one requirement file and of the files it includes (``-r``)."""
+    found = _pins(path)
+    for line in path.read_text().splitlines():
+        if line.startswith("-r "):
+            found |= _all_pins(path.parent / line[3:].strip())
+    return found
+
+
 def _pins(path: Path) -> dict[str, str]:
     """The ``name==version`` lines of one requirement file (not those of the files it includes)."""
     found = {}
@@ -81,17 +98,26 @@ def _pins(path: Path) -> dict[str, str]:
     return found
 
 
-def _wheels_from_sdists(requirements: str, wheel_dir: Path) -> list[str]:
-    """Build the sdist-only pins of ``requirements`` into ``wheel_dir`` (from PyPI, no dependencies); the
-    ``--find-links`` arguments that offer them to the dry run."""
-    names = SDIST_ONLY.get(requirements, ())
-    if not names:
-        return []
-    pins = _pins(REPO / requirements)
+@pytest.fixture(scope="module")
+def sdist_wheels(pypi: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Folders of wheels built from the sdist-only pins, one per distinct set of pins (built once per module)."""
+    built: dict[tuple[str, ...], Path] = {}
+    folders = {}
+    for requirements, names in SDIST_ONLY.items():
+        if names not in built:
+            built[names] = tmp_path_factory.mktemp("sdist-wheels")
+            _build_sdists(requirements, names, built[names])
+        folders[requirements] = built[names]
+    return folders
+
+
+def _build_sdists(requirements: str, names: tuple[str, ...], wheel_dir: Path) -> None:
+    """Build ``names`` (pinned by ``requirements`` or a file it includes) into ``wheel_dir``, from PyPI's sdists."""
+    pins = _all_pins(REPO / requirements)
     result = _pip("wheel", "--isolated", "--no-cache-dir", *_cert_args(), "--index-url", PYPI, "--no-deps",
-                  "--no-binary=:all:", "--wheel-dir", str(wheel_dir), *(f"{name}=={pins[name]}" for name in names))
+                  f"--no-binary={','.join(names)}", "--build-constraint", str(REPO / "requirements/sdists-build.txt"),
+                  "--wheel-dir", str(wheel_dir), *(f"{name}=={pins[name]}" for name in names))
     assert result.returncode == 0, f"{requirements}: cannot build {names} from PyPI's sdist:\n{result.stderr[-3000:]}"
-    return ["--find-links", str(wheel_dir)]
 
 
 @pytest.fixture(scope="module")
@@ -114,12 +140,15 @@ def fast_deps() -> list[str]:
 
 
 @pytest.mark.parametrize("requirements", list(FLAVOURS))
-def test_pins_resolve_on_pypi_for_the_image_platform(pypi: None, fast_deps: list[str], tmp_path: Path,
-                                                     requirements: str) -> None:
+def test_pins_resolve_on_pypi_for_the_image_platform(pypi: None, fast_deps: list[str], sdist_wheels: dict[str, Path],
+                                                     tmp_path: Path, requirements: str) -> None:
     report = tmp_path / "report.json"
     platforms = [arg for platform in IMAGE_PLATFORMS for arg in ("--platform", platform)]
     start = time.perf_counter()
-    find_links = _wheels_from_sdists(requirements, tmp_path / "sdist-wheels")
+    find_links = []
+    if requirements in sdist_wheels:
+        find_links = ["--find-links", str(sdist_wheels[requirements])]
+        platforms += ["--platform", LOCAL_BUILD_PLATFORM]
     result = _pip("install", "--isolated", "--dry-run", "--ignore-installed", "--no-cache-dir", *fast_deps,
                   *_cert_args(), "--index-url", PYPI, *find_links, "--target", str(tmp_path / "target"),
                   "--only-binary=:all:",
@@ -207,3 +236,20 @@ def test_training_set_builds_on_the_product_pins() -> None:
     assert "-r training/requirements.txt" in (REPO / "requirements-dev.txt").read_text().splitlines()
     dockerfile = (REPO / "training/Dockerfile").read_text()
     assert f"--no-binary={','.join(SDIST_ONLY['training/requirements.txt'])} " in dockerfile
+    assert "PIP_CONSTRAINT=/opt/hecktor/requirements/sdists-build.txt" in dockerfile
+
+
+def test_sdist_only_pins_are_built_in_their_own_stage() -> None:
+    """requirements/sdists.txt holds exactly the core's source-only pins; the inference image builds them in a
+    stage with the compiler (without build isolation, from sdists-build.txt, whose numpy is the runtime pin) and
+    installs only the wheels; the runtime stage has no compiler."""
+    assert set(_pins(REPO / "requirements/sdists.txt")) == set(CORE_SDISTS)
+    assert "-r sdists.txt" in (REPO / "requirements/core.txt").read_text().splitlines()
+    build = _pins(REPO / "requirements/sdists-build.txt")
+    assert build["numpy"] == _pins(REPO / "requirements/core.txt")["numpy"]
+    stages = re.split(r"^FROM ", (REPO / "Dockerfile").read_text(), flags=re.MULTILINE)
+    (sdists,) = [stage for stage in stages if stage.startswith("python AS sdists")]
+    (image,) = [stage for stage in stages if stage.startswith("python AS image")]
+    assert "gcc" in sdists and "gcc" not in image
+    assert "--no-build-isolation" in sdists and "-r /src/requirements/sdists-build.txt" in sdists
+    assert "COPY --from=sdists /sdist-wheels/" in image and "--only-binary=:all: --find-links" in image
