@@ -572,7 +572,7 @@ class SyntheticOutcome:
 
     HPV: ``logit = 2 (log(1 + GTVn mL) - 1.3) - 2 (log(1 + GTVp mL) - 2.2) + N(0, 0.5)``, positive when > 0:
     HPV-positive phantoms have bigger nodes and a smaller primary. RFS: exponential with median 1500 days at
-    log-hazard ratio 0, ``log HR = (GTVp SUV - 12) / 2.3 + 1.5 (log(1 + GTVp + GTVn mL) - 2.6)``: more uptake and
+    log-hazard ratio 0, ``log HR = 2 (GTVp SUV - 12) / 2.3 + 2 (log(1 + GTVp + GTVn mL) - 2.6)``: more uptake and
     more tumour relapse earlier; censored uniformly in 300-3500 days. The clinical fields are noise, unrelated
     to the outcome. Volumes are the analytic spheres'.
     """
@@ -595,7 +595,7 @@ def synthetic_outcome(variant: PhantomVariant) -> SyntheticOutcome:
     gtvp_ml = _ball_ml(variant.gtvp[1])
     gtvn_ml = sum(_ball_ml(r) for _, r in variant.gtvn)
     hpv_logit = 2.0 * (np.log1p(gtvn_ml) - 1.3) - 2.0 * (np.log1p(gtvp_ml) - 2.2) + 0.5 * rng.standard_normal()
-    log_hr = (variant.gtvp_suv - 12.0) / 2.3 + 1.5 * (np.log1p(gtvp_ml + gtvn_ml) - 2.6)
+    log_hr = 2.0 * (variant.gtvp_suv - 12.0) / 2.3 + 2.0 * (np.log1p(gtvp_ml + gtvn_ml) - 2.6)
     event_days = -np.log(rng.uniform()) / (np.log(2.0) / _RFS_MEDIAN_DAYS * np.exp(log_hr))
     censor_days = rng.uniform(*_CENSOR_DAYS)
     clinical = {

@@ -22,13 +22,14 @@ import SimpleITK as sitk
 from hecktor.geometry import image_on_grid
 from hecktor.manifest import Manifest
 from hecktor.measure import measure, with_radiomics
+from hecktor.outcome.runtime import outcome_network_or_none, predict_tasks_2_3
 from hecktor.policy import apply_input_policy
-from hecktor.predict import ClinicalModels, load_clinical_models, predict
+from hecktor.predict import ClinicalModels, load_clinical_models
 from hecktor.preprocess import extract_roi
 from hecktor.read import read_case
 from hecktor.restore import restore_to_ct_grid
 from hecktor.segment import SegmentationEngine, build_engine
-from hecktor.types import Case, Measurements, Predictions, RecoverableProblem
+from hecktor.types import Case, Measurements, Predictions, RecoverableProblem, Roi
 
 __all__ = ["ALL_TASKS", "CaseResult", "Pipeline", "StageTiming"]
 
@@ -87,6 +88,8 @@ class Pipeline:
         self.engine: SegmentationEngine = build_engine(manifest, device)
         self.clinical_models: ClinicalModels = load_clinical_models(manifest.rfs_model, manifest.hpv_model)
         log.info("%s", self.clinical_models.provenance)
+        # Tasks 2/3 from images when the manifest lists a network (None: the clinical models answer).
+        self.outcome_network = outcome_network_or_none(manifest, device)
         if self.engine.trained_on_real_data:
             log.info("segmentation engine: %s", self.engine.name)
         else:
@@ -96,15 +99,15 @@ class Pipeline:
                 " (a rule-based SUV threshold method)" if self.engine.name == "pet-threshold" else "",
             )
 
-    def segment_case(self, case: Case, clock: _StageClock, deadline: float | None = None) -> tuple[sitk.Image, str]:
-        """The label image on the CT grid, and how the ROI was located."""
+    def segment_case(self, case: Case, clock: _StageClock, deadline: float | None = None) -> tuple[sitk.Image, Roi]:
+        """The label image on the CT grid, and the ROI it was segmented on."""
         with clock.stage("preprocess"):
             roi = extract_roi(case, self.manifest.preprocess)
         with clock.stage("segment"):
             probabilities = self.engine.segment(roi, deadline)
         with clock.stage("restore"):
             labels = restore_to_ct_grid(probabilities, case.ct, self.manifest.postprocess)
-        return labels, roi.located_by
+        return labels, roi
 
     def run_case(
         self,
@@ -120,9 +123,11 @@ class Pipeline:
         """
         clock = clock or _StageClock()
         measurements: Measurements | None = None
+        roi: Roi | None = None
         if _has_uptake(case):
             # Tasks 2 and 3 use measurements from the segmentation, so it always runs.
-            labels, located_by = self.segment_case(case, clock, deadline)
+            labels, roi = self.segment_case(case, clock, deadline)
+            located_by = roi.located_by
             with clock.stage("measure"):
                 measurements = measure(labels, case.pet)
             if self.manifest.radiomics is not None:  # timed apart: the benchmark reports its cost per case
@@ -138,7 +143,8 @@ class Pipeline:
         predictions = None
         if tasks & {2, 3}:
             with clock.stage("predict"):
-                predictions = predict(self.clinical_models, case.clinical, measurements)
+                predictions = predict_tasks_2_3(self.outcome_network, self.clinical_models, case.clinical,
+                                                measurements, roi, labels)
             log.info("RFS risk %.4f, HPV probability %.3f -> %s", predictions.rfs_risk,
                      predictions.hpv_probability, "positive" if predictions.hpv_positive else "negative")
         return CaseResult(

@@ -6,6 +6,9 @@
     python -m training --work W export OUT_DIR --split kfold5
     python -m training --work W evaluate --split kfold5
     python -m training --work W radiomics DATA [--out CSV]          (radiomics of the reference masks)
+    python -m training --work W outcome-prepare DATA --table CSV    (Tasks 2/3 image network, seed 000)
+    python -m training --work W outcome-train [--epochs 20] [--resume]
+    python -m training --work W outcome-export OUT_DIR [--backend onnxruntime|torch]
 
 ``W`` holds nnU-Net's raw, preprocessed and results folders. Every step can be re-run: ``prepare`` skips
 finished cases, ``train --resume`` continues from the last checkpoint, ``export`` writes a new folder.
@@ -104,6 +107,97 @@ def _add_radiomics(commands: argparse._SubParsersAction) -> None:
                    help="take the radiomics settings from this model folder's manifest (default: the shipped one)")
 
 
+def _add_outcome(commands: argparse._SubParsersAction) -> None:
+    from training.outcome_data import DEFAULT_CT_WINDOW_HU, DEFAULT_PATCH_SIZE
+    from training.outcome_train import OutcomeTrainSettings
+
+    p = commands.add_parser("outcome-prepare", help="cases + Task 2/3 table -> image network samples (container ROI, "
+                            "lesion-centred patch, measurements on the reference mask)")
+    p.add_argument("source", type=Path, help="folder with 'Task 1/<ID>/...' or case folders")
+    p.add_argument("--table", type=Path, required=True,
+                   help="CSV: PatientID, ehr.json fields, RFS, Relapse, HPV Status")
+    p.add_argument("--suv-factors", type=Path, default=None, help="CSV with pid, bqml_to_suvbw_factor")
+    p.add_argument("--preprocess-from", type=Path, default=None, metavar="MODEL_DIR",
+                   help="take the ROI settings from this model folder's manifest (default: the shipped one)")
+    p.add_argument("--patch-size", type=int, nargs=3, default=list(DEFAULT_PATCH_SIZE), metavar=("Z", "Y", "X"))
+    p.add_argument("--ct-window", type=float, nargs=2, default=list(DEFAULT_CT_WINDOW_HU), metavar=("LO", "HI"))
+    d = OutcomeTrainSettings()
+    p = commands.add_parser("outcome-train", help="train the Tasks 2/3 image network (seed 000) on prepared samples")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr-image", type=float, default=d.lr_image)
+    p.add_argument("--lr-head", type=float, default=d.lr_head)
+    p.add_argument("--rfs-loss", choices=["hazard", "cox_rank"], default=d.rfs_loss,
+                   help="seed 000's discrete-time hazard NLL or seed 003's Cox + pairwise ranking")
+    p.add_argument("--hpv-weight", type=float, default=d.hpv_weight)
+    p.add_argument("--validation-fraction", type=float, default=d.validation_fraction)
+    p.add_argument("--no-flip", action="store_true", help="no left-right flips")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--features", nargs="+", default=list(d.clinical_features), help="clinical vector features")
+    p.add_argument("--widths", type=int, nargs=4, default=list(d.arch.block_inplanes), help="ResNet-18 stage widths")
+    p.add_argument("--clinical-embedding", type=int, default=d.arch.clinical_embedding)
+    p.add_argument("--head-hidden", type=int, default=d.arch.head_hidden)
+    p.add_argument("--dropout", type=float, default=d.arch.dropout)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p = commands.add_parser("outcome-export", help="trained image network -> a model folder (base folder + network)")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime",
+                   help="which file the manifest lists (both are written)")
+    p.add_argument("--base", type=Path, default=None, metavar="MODEL_DIR",
+                   help="model folder the rest is carried over from (default: the shipped one)")
+
+
+def _run_outcome(args: argparse.Namespace, workspace: Workspace) -> int:
+    from training.outcome_data import load_samples, outcome_dir
+
+    train_dir = outcome_dir(workspace) / "train"
+    if args.command == "outcome-prepare":
+        from hecktor.manifest import load_manifest
+        from training.outcome_data import prepare_outcome_samples
+        from training.prepare import read_suv_factors
+
+        config = load_manifest(args.preprocess_from or SHIPPED_MODEL_DIR).preprocess
+        dataset = prepare_outcome_samples(workspace, args.source, args.table, config,
+                                          read_suv_factors(args.suv_factors), tuple(args.patch_size),
+                                          (args.ct_window[0], args.ct_window[1]))
+        print(f"{outcome_dir(workspace)}: {dataset['cases']} cases ready")
+        return 0 if dataset["cases"] else 1
+    if args.command == "outcome-train":
+        from dataclasses import replace
+
+        import torch
+
+        from training.outcome_train import OutcomeTrainSettings, save_trained, train_outcome_network
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        samples, dataset = load_samples(workspace)
+        d = OutcomeTrainSettings()
+        arch = replace(d.arch, block_inplanes=tuple(args.widths), clinical_features=len(args.features),
+                       clinical_embedding=args.clinical_embedding, head_hidden=args.head_hidden, dropout=args.dropout)
+        settings = replace(d, epochs=args.epochs, batch_size=args.batch_size, lr_image=args.lr_image,
+                           lr_head=args.lr_head, rfs_loss=args.rfs_loss, hpv_weight=args.hpv_weight,
+                           validation_fraction=args.validation_fraction, flip_lr=not args.no_flip, seed=args.seed,
+                           clinical_features=tuple(args.features), arch=arch)
+        trained = train_outcome_network(samples, settings, train_dir, args.resume, bool(dataset.get("synthetic")))
+        save_trained(trained, train_dir, dataset)
+        print(f"trained: {train_dir} (selected epoch {trained.best_epoch}, validation {trained.validation})")
+        return 0
+    from training.outcome_export import export_outcome_model
+    from training.outcome_train import load_trained
+
+    if not (train_dir / "trained.json").is_file():
+        raise FileNotFoundError(f"{train_dir / 'trained.json'}: nothing has been trained yet (run outcome-train)")
+    trained, dataset = load_trained(train_dir)
+    samples, _ = load_samples(workspace)
+    centres = sorted({s.centre for s in samples if s.case_id in set(trained.train_ids)})
+    folder = export_outcome_model(trained, dataset, args.out_dir, args.base or SHIPPED_MODEL_DIR, args.backend,
+                                  centres)
+    print(f"model folder: {folder} (run it with: python inference.py --weights {folder} ...)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0],
                                      epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawTextHelpFormatter)
@@ -112,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default=DEFAULT_DATASET, help="nnU-Net dataset name (DatasetXXX_Name)")
     parser.add_argument("-v", "--verbose", action="store_true")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_prepare, _add_plan, _add_train, _add_export, _add_evaluate, _add_radiomics):
+    for add in (_add_prepare, _add_plan, _add_train, _add_export, _add_evaluate, _add_radiomics, _add_outcome):
         add(commands)
     commands.add_parser("clinical", help="train the Task 2/3 clinical models (training/train_clinical_models.py)",
                         add_help=False)
@@ -122,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, workspace: Workspace) -> int:
+    if args.command.startswith("outcome-"):
+        return _run_outcome(args, workspace)
     if args.command == "prepare":
         from hecktor.manifest import load_manifest
         from training.prepare import format_summary, prepare_dataset, read_suv_factors

@@ -93,8 +93,7 @@ def lesion_patch(
 
 def time_bins(days: np.ndarray | Sequence[float], cut_points: Sequence[float]) -> np.ndarray:
     """Bin index 0..K-1 of each time: bin k holds ``cut[k-1] <= t < cut[k]`` (first from 0, last unbounded)."""
-    return np.searchsorted(np.asarray(cut_points, dtype=np.float64), np.asarray(days, dtype=np.float64),
-                           side="right")
+    return np.searchsorted(np.asarray(cut_points, dtype=np.float64), np.asarray(days, dtype=np.float64), side="right")
 
 
 def survival_curve(logits: np.ndarray) -> np.ndarray:
