@@ -15,7 +15,8 @@ Usage::
     python -m bench.benchmark_pipeline [--cases median,large-pet,hot-spots] [--weights-dir model_weights]
 
 Prints one row per stage and case, and each case's peak RSS and total time as ratios of the
-``median`` case run in the same invocation; not a test (no pass/fail thresholds).
+``median`` case run in the same invocation, with the radiomics stage's cost per case (present when the
+manifest has a ``radiomics`` section); not a test (no pass/fail thresholds).
 """
 
 from __future__ import annotations
@@ -155,6 +156,12 @@ def _print_case(name: str, figures: dict[str, Any]) -> None:
     print(f"  {'total':<12}{sum(r[1] for r in figures['rows']):9.2f}")
 
 
+def _radiomics_cell(rows: list) -> str:
+    """The radiomics stage's seconds, or why there are none."""
+    seconds = [r[1] for r in rows if r[0] == "radiomics"]
+    return f"{seconds[0]:.2f}" if seconds else "off"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma list out of {', '.join(CASES)}")
@@ -176,11 +183,12 @@ def main() -> None:
     reference = figures["median"]
     ref_peak = max(r[2] for r in reference["rows"])
     ref_total = sum(r[1] for r in reference["rows"])
-    print(f"\n{'case':<12}{'peak RSS MB':>13}{'x median':>10}{'total s':>10}{'x median':>10}")
+    print(f"\n{'case':<12}{'peak RSS MB':>13}{'x median':>10}{'total s':>10}{'x median':>10}{'radiomics s':>13}")
     for name, case_figures in figures.items():
         peak = max(r[2] for r in case_figures["rows"])
         total = sum(r[1] for r in case_figures["rows"])
-        print(f"{name:<12}{peak:13.0f}{peak / ref_peak:10.2f}{total:10.2f}{total / ref_total:10.2f}")
+        print(f"{name:<12}{peak:13.0f}{peak / ref_peak:10.2f}{total:10.2f}{total / ref_total:10.2f}"
+              f"{_radiomics_cell(case_figures['rows']):>13}")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ For batch checks and model comparison without images: each row is parsed by the 
 ``ehr.json`` (:func:`hecktor.clinical.clinical_record_from_mapping`) and featurised by the same
 code as the container (:func:`hecktor.predict.raw_features`), using the table's reference-mask
 volumes (``GTVp_volume_ml``, ``GTVn_volume_ml``) and, when present, SUVmax columns
-(``gtvp_suvmax``/``MaxLesionSUV``, ``gtvn_suvmax``/``MaxLymphNodeSUV``). Missing columns are
-simply unknown values and get imputed.
+(``gtvp_suvmax``/``MaxLesionSUV``, ``gtvn_suvmax``/``MaxLymphNodeSUV``), and radiomics columns under
+their own names (:data:`hecktor.radiomics.FEATURE_NAMES`, as ``python -m training radiomics`` writes them).
+Missing columns are simply unknown values and get imputed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pandas as pd
 
 from hecktor.clinical import clinical_record_from_mapping
 from hecktor.predict import ClinicalModels, predict_from_features, raw_features
+from hecktor.radiomics import FEATURE_NAMES as RADIOMICS_FEATURES
 from hecktor.types import InputError
 
 __all__ = ["OUTPUT_COLUMNS", "measured_from_row", "score_table"]
@@ -41,6 +43,7 @@ def measured_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, candidates in _MEASURED_COLUMNS.items():
         out[name] = next((row[c] for c in candidates if c in row and not pd.isna(row[c])), None)
+    out.update({name: row[name] for name in RADIOMICS_FEATURES if name in row and not pd.isna(row[name])})
     return out
 
 

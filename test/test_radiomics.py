@@ -23,10 +23,18 @@ import pytest
 import SimpleITK as sitk
 from helpers import REPO, require_sts, sts_training_layout
 
-from hecktor.manifest import DEFAULT_WEIGHTS_DIR, ManifestError, RadiomicsConfig, manifest_from_json, manifest_json
+from hecktor.manifest import (
+    DEFAULT_WEIGHTS_DIR,
+    Manifest,
+    ManifestError,
+    RadiomicsConfig,
+    manifest_from_json,
+    manifest_json,
+)
 from hecktor.measure import measure
 from hecktor.radiomics import FEATURE_NAMES, FIRSTORDER_FEATURES, GLCM_FEATURES, SHAPE_FEATURES, radiomics_features
 from hecktor.read import read_case
+from hecktor.score_table import measured_from_row
 from hecktor.types import Measurements
 
 pytest.importorskip("radiomics", reason="pyradiomics-bhklab (requirements/core.txt) is not installed")
@@ -37,6 +45,7 @@ SECTION: dict[str, Any] = {
     "spacing_mm": 2.0,
     "mask_threshold": 0.5,
     "min_voxels": 8,
+    "max_surface_voxels": 20000,
     "ct": {"bin_width": 25.0, "resegment_range": [-1000.0, 3000.0], "round_intensities": True},
     "pet": {"bin_width": 0.25, "resegment_range": [0.0, None], "round_intensities": False},
 }
@@ -260,6 +269,22 @@ def test_a_flipped_and_permuted_grid_measures_the_same() -> None:
             assert features[name] == pytest.approx(reference[name], rel=1e-9, abs=1e-9), name
 
 
+def test_a_region_with_too_much_surface_keeps_its_intensity_features() -> None:
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[2:18, 2:18, 2:18] = 1  # 8 x 8 x 8 voxels at 2 mm: 296 surface voxels
+    image = _image(np.full(labels.shape, 5.0), (1.0, 1.0, 1.0))
+    spacing = (1.0, 1.0, 1.0)
+    features = radiomics_features(
+        image, image, _image(labels, spacing), _config({**SECTION, "max_surface_voxels": 295})
+    )
+    assert all(features[f"gtvp_shape_{name}"] is None for name in SHAPE_FEATURES)
+    assert features["pet_gtvp_firstorder_Mean"] == pytest.approx(5.0)
+    features = radiomics_features(
+        image, image, _image(labels, spacing), _config({**SECTION, "max_surface_voxels": 296})
+    )
+    assert features["gtvp_shape_VoxelVolume"] == pytest.approx(16.0**3)
+
+
 def test_feature_names_are_stable_and_absent_or_tiny_regions_give_none() -> None:
     assert (
         len(FEATURE_NAMES)
@@ -294,6 +319,18 @@ def test_manifest_section_is_strict_and_optional() -> None:
     ):
         with pytest.raises(ManifestError, match=message):
             manifest_from_json({**document, "radiomics": bad}, DEFAULT_WEIGHTS_DIR)
+
+
+def test_the_shipped_manifest_computes_these_radiomics(shipped_manifest: Manifest) -> None:
+    assert shipped_manifest.radiomics == _config()
+
+
+def test_score_table_reads_radiomics_columns_by_name() -> None:
+    row = {"PatientID": "P1", "GTVp_volume_ml": 12.0, "pet_gtvp_glcm_Contrast": 3.5, "ct_gtvn_firstorder_Mean": None,
+           "unrelated": 1.0}  # fmt: skip
+    measured = measured_from_row(row)
+    assert measured["gtvp_volume_ml"] == 12.0 and measured["pet_gtvp_glcm_Contrast"] == 3.5
+    assert "ct_gtvn_firstorder_Mean" not in measured and "unrelated" not in measured
 
 
 def test_measurements_keep_their_keys_and_add_the_radiomics(phantom_features: dict[str, float | None]) -> None:
