@@ -14,7 +14,7 @@ from helpers import (
     CLINICAL_DIR,
     STS_CASES,
     files_under,
-    independent_linear_predictor,
+    independent_score,
     run_inference,
     sts_training_layout,
 )
@@ -48,7 +48,7 @@ def assert_valid_outputs(output_dir: Path, ct_path: Path) -> np.ndarray:
 
 def _expected_predictions(output_dir: Path, pet_path: Path) -> tuple[float, float, float]:
     """rfs.json and hpv-status.json recomputed independently: measurements by scipy/numpy from the written
-    label image, features and the linear formula written out term by term from the model JSONs."""
+    label image, features and each model written out from its JSON (helpers.independent_score)."""
     measured = independent_measurements(sitk.ReadImage(str(output_dir / SEGMENTATION_PATH)),
                                         sitk.ReadImage(str(pet_path)))
     clinical = {"age": "Age", "gender_male": "Gender", "tobacco": "Tobacco Consumption",
@@ -65,8 +65,8 @@ def _expected_predictions(output_dir: Path, pet_path: Path) -> tuple[float, floa
     weights = load_manifest()
     rfs_model = json.loads(weights.rfs_model.read_text())
     hpv_model = json.loads(weights.hpv_model.read_text())
-    probability = 1.0 / (1.0 + math.exp(-independent_linear_predictor(hpv_model, known)))
-    return independent_linear_predictor(rfs_model, known), probability, hpv_model["threshold"]
+    probability = 1.0 / (1.0 + math.exp(-independent_score(hpv_model, known)))
+    return independent_score(rfs_model, known), probability, hpv_model["threshold"]
 
 
 def test_phantom_case_end_to_end(tmp_path, phantom_case_dir, phantom):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import CLINICAL_DIR
+from helpers import CLINICAL_DIR, independent_score
 
 from hecktor.manifest import DEFAULT_WEIGHTS_DIR
 from hecktor.metrics import balanced_accuracy, harrell_c_index
@@ -31,12 +31,19 @@ A-004,3,abc,M,yes,no,9,1,1,0.0,25.0
 
 # Synthetic models with known coefficients (means 0, SD 1; age mean 60, SD 10) so each score is a short
 # hand sum. Risk: +1 per unit of log(1 + GTVp mL), +0.25 per unit of log(1 + GTVn mL), +0.4 per unit of
-# log GTVp SUVmax (median 2.0), -0.5 for HPV positive, +0.1 when HPV is unknown. HPV logit: 0.3 - log GTVp
+# log GTVp SUVmax (imputed at 2.0), -0.5 for tobacco 1, +0.1 when tobacco is unknown. HPV logit: 0.3 - log GTVp
 # + 0.5 log GTVn (+0.7 when GTVp is unknown); positive when p >= 0.5, i.e. logit >= 0.
 SYNTHETIC_RFS = {
+    "task": "rfs",
     "kind": "cox_ph_ridge",
-    "columns": ["age", "log_gtvp_volume", "log_gtvn_volume", "log_gtvp_suvmax", "hpv_positive", "hpv_positive_missing"],
-    "medians": {"age": 60.0, "log_gtvp_volume": 1.5, "log_gtvn_volume": 0.5, "log_gtvp_suvmax": 2.0, "hpv_positive": 1},
+    "columns": ["age", "log_gtvp_volume", "log_gtvn_volume", "log_gtvp_suvmax", "tobacco", "tobacco_missing"],
+    "impute_values": {
+        "age": 60.0,
+        "log_gtvp_volume": 1.5,
+        "log_gtvn_volume": 0.5,
+        "log_gtvp_suvmax": 2.0,
+        "tobacco": 1,
+    },
     "means": [60.0, 0.0, 0.0, 0.0, 0.0, 0.0],
     "stds": [10.0, 1.0, 1.0, 1.0, 1.0, 1.0],
     "coefs": [0.2, 1.0, 0.25, 0.4, -0.5, 0.1],
@@ -44,9 +51,10 @@ SYNTHETIC_RFS = {
     "z_clip": 5.0,
 }
 SYNTHETIC_HPV = {
+    "task": "hpv",
     "kind": "logistic_l2_balanced",
     "columns": ["log_gtvp_volume", "log_gtvn_volume", "log_gtvp_volume_missing"],
-    "medians": {"log_gtvp_volume": 2.0, "log_gtvn_volume": 1.0},
+    "impute_values": {"log_gtvp_volume": 2.0, "log_gtvn_volume": 1.0},
     "means": [0.0, 0.0, 0.0],
     "stds": [1.0, 1.0, 1.0],
     "coefs": [-1.0, 0.5, 0.7],
@@ -89,12 +97,13 @@ COHORT = pd.DataFrame(
         "PatientID": ["P1", "P2", "P3", "P4", "P5", "P6"],
         "GTVp_volume_ml": [math.expm1(3.0), math.expm1(2.0), math.expm1(2.5), math.expm1(1.0), math.expm1(0.5), None],
         "GTVn_volume_ml": [0.0, math.expm1(2.0), math.expm1(0.4), math.expm1(0.4), math.expm1(4.0), math.expm1(1.0)],
-        "HPV Status": [0, 1, 0, 1, 1, 0],  # an input of the risk model, and the reference for Task 3
+        "HPV Status": [0, 1, 0, 1, 1, 0],  # the reference for Task 3
+        "Tobacco Consumption": [0, 1, 0, 1, 1, 0],  # an input of the risk model (equal to HPV: same hand sums)
         "RFS": [100.0, 200.0, 300.0, 400.0, 500.0, 600.0],
         "Relapse": [1, 1, 0, 1, 0, 0],
     }
 )
-# risk = log GTVp + 0.25 log GTVn + 0.8 - 0.5 HPV
+# risk = log GTVp + 0.25 log GTVn + 0.8 - 0.5 tobacco
 COHORT_RISK = [
     3.0 + 0.0 + 0.8 - 0.0,  # P1 = 3.8
     2.0 + 0.5 + 0.8 - 0.5,  # P2 = 2.8
@@ -154,10 +163,10 @@ def test_suv_column_spellings_by_hand(tmp_path: Path, synthetic: ClinicalModels,
     """SUVmax 3 and 30 enter as 0.4 * log(SUV); 500 is implausible (Bq/mL?) and imputed at the median 2.0."""
     frame = pd.DataFrame(
         {"PatientID": ["low", "high", "absurd", "empty"], "GTVp_volume_ml": [math.expm1(1.0)] * 4,
-         "GTVn_volume_ml": [0.0] * 4, column: [3.0, 30.0, 500.0, None], "HPV Status": [1] * 4}
+         "GTVn_volume_ml": [0.0] * 4, column: [3.0, 30.0, 500.0, None], "Tobacco Consumption": [1] * 4}
     )  # fmt: skip
     result = _score(tmp_path, frame, synthetic)
-    # risk = 1.0 (GTVp) + 0 (GTVn) + 0.4 * log SUVmax - 0.5 (HPV positive)
+    # risk = 1.0 (GTVp) + 0 (GTVn) + 0.4 * log SUVmax - 0.5 (tobacco 1)
     expected = [0.5 + 0.4 * math.log(3.0), 0.5 + 0.4 * math.log(30.0), 0.5 + 0.4 * 2.0, 0.5 + 0.4 * 2.0]
     np.testing.assert_allclose(result["rfs_risk"], expected, rtol=0, atol=1e-12)
 
@@ -166,7 +175,7 @@ def test_hostile_cells_become_unknown(tmp_path: Path, synthetic: ClinicalModels)
     """Cells the clinical parser refuses (a 5000-digit age, a bool for PS, 1e400) are unknown, not a crash."""
     src = tmp_path / "in.csv"
     src.write_text(
-        "PatientID,Age,Performance Status,HPV Status,GTVp_volume_ml,GTVn_volume_ml\n"
+        "PatientID,Age,Performance Status,Tobacco Consumption,GTVp_volume_ml,GTVn_volume_ml\n"
         f"H1,{'9' * 5000},true,1e400,{'9' * 400},-1\n"
         "H2,,,,,\n"
     )
@@ -194,7 +203,7 @@ def test_round_trip_small_table(tmp_path: Path, models: ClinicalModels) -> None:
     assert set(result["hpv_positive"]) <= {0, 1}
     assert ((result["hpv_probability"] >= models.hpv_threshold).astype(int) == result["hpv_positive"]).all()
     features = _independent_features(pd.read_csv(src, dtype={"PatientID": str}))
-    np.testing.assert_allclose(result["rfs_risk"], _independent_linear_predictor(RFS_JSON, features), atol=1e-12)
+    np.testing.assert_allclose(result["rfs_risk"], _independent_scores(RFS_JSON, features), atol=1e-12)
 
 
 def test_table_without_measurement_columns(tmp_path: Path, models: ClinicalModels) -> None:
@@ -257,6 +266,7 @@ def _independent_features(table: pd.DataFrame) -> pd.DataFrame:
     Written from the documented feature definitions (hecktor.predict.RAW_FEATURES and the model card),
     not from the runtime code. Absent columns are all-unknown.
     """
+
     def col(name: str) -> pd.Series:
         return table[name] if name in table else pd.Series(np.nan, index=table.index)
 
@@ -288,18 +298,11 @@ def _independent_features(table: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _independent_linear_predictor(model_path: Path, features: pd.DataFrame) -> np.ndarray:
-    """intercept + clip((X - mean) / SD) @ coefs, with X median-imputed and indicators = unknown, from the JSON."""
+def _independent_scores(model_path: Path, features: pd.DataFrame) -> np.ndarray:
+    """Each row's score by the documented definition of the model JSON (helpers.independent_score), NaN = unknown."""
     model = json.loads(model_path.read_text())
-    columns = []
-    for name in model["columns"]:
-        if name.endswith("_missing"):
-            columns.append(features[name.removesuffix("_missing")].isna().astype(float))
-        else:
-            columns.append(features[name].fillna(model["medians"][name]))
-    x = np.column_stack(columns)
-    z = np.clip((x - np.array(model["means"])) / np.array(model["stds"]), -model["z_clip"], model["z_clip"])
-    return model["intercept"] + z @ np.array(model["coefs"])
+    rows = features.to_dict(orient="records")
+    return np.array([independent_score(model, {k: v for k, v in row.items() if pd.notna(v)}) for row in rows])
 
 
 @pytest.fixture(scope="module")
@@ -324,8 +327,8 @@ def real_scores(
 def test_real_table_equals_independent_recomputation(real_table: pd.DataFrame, real_scores: pd.DataFrame) -> None:
     features = _independent_features(real_table)
     assert features["log_gtvp_suvmax"].notna().sum() > 100  # the SUV features are really exercised
-    np.testing.assert_allclose(real_scores["rfs_risk"], _independent_linear_predictor(RFS_JSON, features), atol=1e-12)
-    probability = 1.0 / (1.0 + np.exp(-_independent_linear_predictor(HPV_JSON, features)))
+    np.testing.assert_allclose(real_scores["rfs_risk"], _independent_scores(RFS_JSON, features), atol=1e-12)
+    probability = 1.0 / (1.0 + np.exp(-_independent_scores(HPV_JSON, features)))
     np.testing.assert_allclose(real_scores["hpv_probability"], probability, rtol=1e-12, atol=1e-15)
     threshold = json.loads(HPV_JSON.read_text())["threshold"]
     np.testing.assert_array_equal(real_scores["hpv_positive"], (probability >= threshold).astype(int))
@@ -333,8 +336,8 @@ def test_real_table_equals_independent_recomputation(real_table: pd.DataFrame, r
 
 def test_real_table_metrics_with_independent_libraries(real_table: pd.DataFrame, real_scores: pd.DataFrame) -> None:
     """In-sample figures computed by scikit-survival / scikit-learn agree with hecktor.metrics, and are not
-    below the honest nested leave-one-centre-out figures recorded in the model JSONs (fitting on these
-    very patients cannot do worse than predicting unseen centres)."""
+    below the honest nested leave-one-centre-out figures recorded in the model JSONs (models fitted on these
+    very patients, among others, do not do worse on them than on unseen centres)."""
     sksurv_metrics = pytest.importorskip("sksurv.metrics", reason="scikit-survival (dev requirement) not installed")
     sklearn_metrics = pytest.importorskip("sklearn.metrics", reason="scikit-learn (dev requirement) not installed")
     known = real_table["RFS"].notna() & real_table["Relapse"].notna()
@@ -342,10 +345,10 @@ def test_real_table_metrics_with_independent_libraries(real_table: pd.DataFrame,
     risk = real_scores.loc[known, "rfs_risk"]
     c = sksurv_metrics.concordance_index_censored(event.astype(bool).to_numpy(), time.to_numpy(), risk.to_numpy())[0]
     assert harrell_c_index(time, event, risk) == pytest.approx(c, abs=1e-9)
-    assert c >= json.loads(RFS_JSON.read_text())["loco"]["nested"]["pooled"]["value"]
+    assert c >= json.loads(RFS_JSON.read_text())["nested_headline"]["HECKTOR centres pooled (LOCO)"]["value"]
 
     labelled = real_table["HPV Status"].notna()
     truth, called = real_table.loc[labelled, "HPV Status"].astype(int), real_scores.loc[labelled, "hpv_positive"]
     ba = sklearn_metrics.balanced_accuracy_score(truth, called)
     assert balanced_accuracy(truth, called) == pytest.approx(ba, abs=1e-12)
-    assert ba >= json.loads(HPV_JSON.read_text())["loco"]["nested"]["pooled"]["balanced_accuracy"]["value"]
+    assert ba >= json.loads(HPV_JSON.read_text())["nested_headline"]["HECKTOR centres pooled (LOCO)"]["value"]
