@@ -47,7 +47,8 @@ FLAVOURS = {
     "training/requirements.txt": ({"nnunetv2": "2.8.1", "torch": "2.13.0", "torchvision": "0.28.0",
                                    "numpy": "2.4.6", "scipy": "1.17.1", "simpleitk": "2.5.7", "pandas": "3.1.1",
                                    "pydantic": "2.14.3", "monai": "1.6.1", "onnx": "1.23.2",
-                                   "acvl-utils": "0.2.6", "scikit-survival": "0.28.0"},
+                                   "acvl-utils": "0.2.6", "scikit-survival": "0.28.0",
+                                   "imbalanced-learn": "0.14.2"},
                                   {"onnxruntime", "onnxruntime-gpu"}),
 }
 # Pins that PyPI publishes as an sdist only: a dry run for another platform takes wheels alone, so the test builds

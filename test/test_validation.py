@@ -32,7 +32,7 @@ from hecktor.validation import (
 
 TRAINING_TABLE = CLINICAL_DIR / "hecktor2025_training_dev_centers.csv"
 SUVMAX_TABLE = CLINICAL_DIR / "hecktor2022_suvmax_dev_centers.csv"
-TRAIN_SCRIPT = REPO / "training" / "train_clinical_models.py"
+RADCURE_TABLE = CLINICAL_DIR / "radcure_clinical_training_split.csv"
 # CenterID -> name, as in the challenge's data description (and training/train_clinical_models.py).
 CENTRE_NAMES = {1: "CHUM", 2: "CHUP", 3: "CHUS", 4: "CHUV", 5: "MDA", 6: "HGJ", 7: "HMR", 8: "USZ"}
 
@@ -331,26 +331,28 @@ def test_bootstrap_refuses_bad_input() -> None:
 
 # --------------------------------------------------------------------------- reproducible clinical training
 
+
 def _require_clinical_tables() -> None:
-    if not (TRAINING_TABLE.is_file() and SUVMAX_TABLE.is_file()):
-        pytest.skip(f"{TRAINING_TABLE.name} / {SUVMAX_TABLE.name} not in {CLINICAL_DIR} (../shared/data not mounted)")
+    if not (TRAINING_TABLE.is_file() and SUVMAX_TABLE.is_file() and RADCURE_TABLE.is_file()):
+        pytest.skip(f"{TRAINING_TABLE.name} / {SUVMAX_TABLE.name} / {RADCURE_TABLE.name} not in {CLINICAL_DIR} "
+                    "(../shared/data not mounted)")  # fmt: skip
 
 
-# Fits the shipped configurations (and a larger HPV one) on the real table and prints their model JSON.
+# Fits the shipped candidates (whatever families they are) and a logistic and a Cox candidate on the real
+# cohorts, and prints their model JSON.
 _FIT_SNIPPET = """
-import importlib.util, json, sys
+import json, sys
 import numpy as np
-spec = importlib.util.spec_from_file_location("train_clinical_models", sys.argv[1])
-t = importlib.util.module_from_spec(spec); sys.modules[spec.name] = t; spec.loader.exec_module(t)
-d = t.load_dataset(t.DEFAULT_TABLE, t.DEFAULT_SUVMAX)
-rfs = d.subset(np.flatnonzero(np.isfinite(d.time) & np.isfinite(d.event)))
-hpv = d.subset(np.flatnonzero(np.isfinite(d.hpv)))
-models = [
-    t.fit_rfs(rfs, t.Candidate("full", t.RFS_FEATURE_SETS["full"], 1e4)),
-    t.fit_hpv(hpv, t.Candidate("volumes", t.HPV_FEATURE_SETS["volumes"], 0.01)),
-    t.fit_hpv(hpv, t.Candidate("full", t.HPV_FEATURE_SETS["full"], 1.0)),
-]
-print(json.dumps([t._model_json(m, {}) for m in models], indent=2, allow_nan=False))
+sys.path.insert(0, sys.argv[1])
+from training import train_clinical_models as t
+from training.clinical_cohorts import load_cohorts
+from training.clinical_families import Candidate, fit, model_json
+data = load_cohorts(t.DEFAULT_TABLE, t.DEFAULT_SUVMAX, t.DEFAULT_RADCURE)
+names = [json.load(open(f"{sys.argv[1]}/model_weights/{task}_model.json"))["candidate"] for task in ("rfs", "hpv")]
+cands = [c for c in t.RFS_CANDIDATES + t.HPV_CANDIDATES if c.name in names]
+cands += [Candidate("logistic", "x", t.FEATURE_SETS["clinical_volumes_suv"], {"C": 1.0}),
+          Candidate("cox", "x", t.FEATURE_SETS["clinical_volumes_suv"], {"alpha": 10.0})]
+print(json.dumps([model_json(fit(data, c), c.family, {}) for c in cands], indent=2, allow_nan=False))
 """
 
 
@@ -382,14 +384,14 @@ def _blas_variants() -> dict[str, dict[str, str]]:
 
 
 def test_clinical_fits_are_byte_identical_across_blas_kernels_and_threads() -> None:
-    """Guards the cause of the non-reproducible hpv_model.json: the last bits of a fit depend on the BLAS kernel
+    """Guards the cause of a once non-reproducible hpv_model.json: the last bits of a fit depend on the BLAS kernel
     (CPU) and the solver path. Every variant must print the same model JSON, byte for byte."""
     clinical_training_module()
     _require_clinical_tables()
     procs = {}
     for name, env in _blas_variants().items():
         procs[name] = subprocess.Popen(
-            [sys.executable, "-c", _FIT_SNIPPET, str(TRAIN_SCRIPT)],
+            [sys.executable, "-c", _FIT_SNIPPET, str(REPO)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -398,35 +400,73 @@ def test_clinical_fits_are_byte_identical_across_blas_kernels_and_threads() -> N
         )
     outputs = {}
     for name, proc in procs.items():
-        out, err = proc.communicate(timeout=300)
+        out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, f"{name}: {err[-2000:]}"
         outputs[name] = out
     reference = outputs["default"]
-    assert json.loads(reference)[1]["kind"] == "logistic_l2_balanced"
+    assert len(json.loads(reference)) == 4
     for name, out in outputs.items():
         assert out == reference, f"model JSON under {name!r} differs from the default run"
 
 
-def test_refitting_in_process_gives_identical_json_and_the_shipped_parameters() -> None:
-    """Fitting twice gives the same bytes, and the shipped models are these fits (same data, same code)."""
+def _shipped_candidate(train: object, task: str) -> tuple[dict, object]:
+    shipped = json.loads((REPO / "model_weights" / f"{task}_model.json").read_text())
+    pool = train.HPV_CANDIDATES if task == "hpv" else train.RFS_CANDIDATES
+    matches = [c for c in pool if c.name == shipped["candidate"]]
+    assert len(matches) == 1, f"shipped {task} candidate {shipped['candidate']!r} is not in the candidate list"
+    return shipped, matches[0]
+
+
+@pytest.mark.parametrize("task", ["rfs", "hpv"])
+def test_refitting_in_process_gives_identical_json_and_the_shipped_parameters(task: str) -> None:
+    """Fitting twice gives the same bytes, and the shipped model is this fit (same data, same code)."""
     train = clinical_training_module()
     _require_clinical_tables()
-    data = train.load_dataset(TRAINING_TABLE, SUVMAX_TABLE)
-    hpv = data.subset(np.flatnonzero(np.isfinite(data.hpv)))
-    shipped = json.loads((REPO / "model_weights" / "hpv_model.json").read_text())
-    cand = train.Candidate(shipped["feature_set"], tuple(shipped["columns"]), shipped["penalty_C"])
-    first, second = (json.dumps(train._model_json(train.fit_hpv(hpv, cand), {})) for _ in range(2))
+    from training.clinical_cohorts import load_cohorts
+    from training.clinical_families import fit, model_json
+
+    data = load_cohorts(TRAINING_TABLE, SUVMAX_TABLE, RADCURE_TABLE)
+    shipped, cand = _shipped_candidate(train, task)
+    first, second = (json.dumps(model_json(fit(data, cand), task, {})) for _ in range(2))
     assert first == second
-    refit = json.loads(first)
-    for key in ("columns", "medians", "means", "stds", "coefs", "intercept"):
-        assert refit[key] == shipped[key], f"shipped hpv_model.json {key} differs from a refit: regenerate it"
+    for key, value in json.loads(first).items():
+        assert shipped[key] == value, f"shipped {task}_model.json {key} differs from a refit: regenerate it"
 
 
 def test_stable_float_drops_rounding_noise() -> None:
-    train = clinical_training_module()
-    assert train.stable_float(0.1 + 0.2) == 0.3
-    assert train.stable_float(0.060441360749241405) == train.stable_float(0.06044136074924136) == 0.06044136075
-    assert repr(train.stable_float(-3e-17)) == "0.0"
-    assert train.stable_float(-2.5e-3) == -0.0025
+    clinical_training_module()
+    from training.clinical_families import stable_float
+
+    assert stable_float(0.1 + 0.2) == 0.3
+    assert stable_float(0.060441360749241405) == stable_float(0.06044136074924136) == 0.06044136075
+    assert repr(stable_float(-3e-17)) == "0.0"
+    assert stable_float(-2.5e-3) == -0.0025
     with pytest.raises(ValueError, match="non-finite"):
-        train.stable_float(float("nan"))
+        stable_float(float("nan"))
+
+
+CLINICAL_FILES = ("rfs_model.json", "hpv_model.json", "clinical_evaluation.json", "MODEL_CARD_clinical.md")
+
+
+def test_the_shipped_card_is_written_from_the_shipped_files(tmp_path: Path) -> None:
+    """`clinical --card-only` on copies of the shipped files rewrites the shipped card byte for byte."""
+    clinical_training_module()
+    for name in CLINICAL_FILES[:3]:
+        (tmp_path / name).write_bytes((REPO / "model_weights" / name).read_bytes())
+    from training.train_clinical_models import main
+
+    assert main(["--card-only", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / CLINICAL_FILES[3]).read_text() == (REPO / "model_weights" / CLINICAL_FILES[3]).read_text()
+
+
+@pytest.mark.slow
+def test_one_command_reproduces_every_shipped_clinical_file(tmp_path: Path) -> None:
+    """`python -m training clinical` (about 7 minutes on 2 cores) writes the shipped models, the nested table and
+    the model card again, byte for byte."""
+    clinical_training_module()
+    _require_clinical_tables()
+    result = subprocess.run([sys.executable, "-m", "training", "clinical", "--out", str(tmp_path)], cwd=REPO,
+                            capture_output=True, text=True, timeout=3600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in CLINICAL_FILES:
+        assert (tmp_path / name).read_bytes() == (REPO / "model_weights" / name).read_bytes(), name

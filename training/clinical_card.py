@@ -1,0 +1,261 @@
+"""The Task 2/3 model card, written from the nested evaluation table and the shipped model files (so that it
+cannot disagree with them)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = ["model_card"]
+
+_TARGET_NOTE = {"rfs": "C-index >= 0.68", "hpv": "balanced accuracy >= 0.70"}
+
+
+def _fmt(entry: Mapping | None) -> str:
+    if not entry or entry.get("value") is None:
+        return "n/a"
+    low, high = entry["ci95"]
+    ci = "" if low is None or high is None else f" [{low:.3f}, {high:.3f}]"
+    return f"{entry['value']:.3f}{ci}"
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _views(evaluation: Mapping) -> list[str]:
+    return list(evaluation["per_held_out"]["selected"])
+
+
+def _metric_table(evaluation: Mapping, metric: str, count: tuple[str, str], suffix: str = "") -> str:
+    """One row per held-out view, one column per key ("selected" and each family): ``metric`` with its CI."""
+    keys = list(evaluation["per_held_out"])
+    head = [f"| held out | n | {count[1]} | " + " | ".join(f"{k}{suffix} [95 % CI]" for k in keys) + " |",
+            "|---|---|---|" + "---|" * len(keys)]  # fmt: skip
+    rows = []
+    for view in _views(evaluation):
+        first = evaluation["per_held_out"]["selected"][view]
+        cells = [_fmt(evaluation["per_held_out"][k].get(view, {}).get(metric)) for k in keys]
+        rows.append(f"| {view} | {first['n']} | {first[count[0]]} | " + " | ".join(cells) + " |")
+    return "\n".join(head + rows)
+
+
+def _calibration_table(evaluation: Mapping) -> str:
+    rows = ["| held out | prevalence | mean probability | calibration intercept | calibration slope | Brier "
+            "| sensitivity | specificity |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for view, entry in evaluation["per_held_out"]["selected"].items():
+        cal = entry["calibration"]
+        rows.append(f"| {view} | {_num(cal['prevalence'], 2)} | {_num(cal['mean_probability'], 2)} "
+                    f"| {_num(cal.get('intercept'), 2)} | {_num(cal.get('slope'), 2)} | {_num(cal['brier'])} "
+                    f"| {_num(entry['sensitivity'], 2)} | {_num(entry['specificity'], 2)} |")  # fmt: skip
+    return "\n".join(rows)
+
+
+def _choices(evaluation: Mapping) -> str:
+    keys = list(evaluation["per_held_out"])
+    rows = ["| outer fold | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for fold, chosen in evaluation["choices"].items():
+        rows.append(f"| {fold} | " + " | ".join(f"`{chosen[k]}`" for k in keys) + " |")
+    return "\n".join(rows)
+
+
+def _headline(model: Mapping, task: str) -> str:
+    rows = ["| held out | value [95 % CI] | target | distance |", "|---|---|---|---|"]
+    for view, entry in model["nested_headline"].items():
+        distance = entry["distance_to_target"]
+        rows.append(f"| {view} | {_fmt(entry)} | {entry['target']:.2f} | "
+                    f"{'n/a' if distance is None else f'{distance:+.3f}'} |")  # fmt: skip
+    return "\n".join(rows)
+
+
+def _parameters(model: Mapping) -> str:
+    """Coefficients of a linear model (or its parts); a tree ensemble's size."""
+    parts = [("", model)] + ([("HPV submodel: ", model["hpv_submodel"])] if "hpv_submodel" in model else [])
+    out = []
+    for label, part in parts:
+        if "coefs" in part:
+            rows = [f"{label}`{part['kind']}`, coefficients per SD of the standardised, clipped feature:", "",
+                    "| feature | coefficient (per SD) | mean | SD | imputation |", "|---|---|---|---|---|"]  # fmt: skip
+            for col, coef, mean, sd in zip(part["columns"], part["coefs"], part["means"], part["stds"], strict=True):
+                imp = part["impute_values"].get(col)
+                rows.append(f"| `{col}` | {coef:+.4f} | {mean:.3g} | {sd:.3g} | {_num(imp, 3)} |")
+            out.append("\n".join(rows))
+        else:
+            nodes = sum(len(t["feature"]) for t in part["trees"])
+            missing = "imputed (training mean)" if part["impute_values"] else "routed by each split's learnt branch"
+            out.append(f"{label}`{part['kind']}`: {len(part['trees'])} trees, {nodes} nodes, combine "
+                       f"`{part['combine']}`, columns {', '.join(f'`{c}`' for c in part['columns'])}; unknown "
+                       f"values {missing}.")  # fmt: skip
+    return "\n\n".join(out)
+
+
+def _selection_table(model: Mapping, what: str) -> str:
+    ordered = sorted(model["selection_on_all_patients"].items(), key=lambda kv: -(kv[1] if kv[1] == kv[1] else -9))
+    rows = [f"| candidate | inner {what} |", "|---|---|"]
+    rows += [f"| `{name}` | {value:.4f} |" for name, value in ordered]
+    return "\n".join(rows)
+
+
+def _groups(training: Mapping) -> str:
+    return ", ".join(f"{g} {n}" for g, n in training["groups"].items())
+
+
+_TEMPLATE = """# Model card: Task 2 (RFS risk) and Task 3 (HPV status)
+
+Generated by `python -m training clinical` (`training/train_clinical_models.py`) from
+`clinical_evaluation.json`, `rfs_model.json` and `hpv_model.json` in this folder. Runtime:
+`hecktor/predict.py` (numpy only, plain JSON, no pickle). Trained on REAL clinical data.
+
+## Shipped models and how they do on centres and cohorts they never saw
+- **Task 2 (RFS):** `{rfs_candidate}`. Output: {rfs_output}.
+- **Task 3 (HPV):** `{hpv_candidate}`, threshold **{threshold:.2f}**. Output: {hpv_output}.
+
+Nested, centre-disjoint and cohort-disjoint figures of the shipped recipe (every choice re-made inside each
+outer fold; the final models are the same recipe applied to all patients). Targets: RFS {rfs_target},
+HPV {hpv_target}.
+
+RFS C-index:
+
+{rfs_headline}
+
+HPV balanced accuracy:
+
+{hpv_headline}
+
+## Data
+- HECKTOR 2025 development centres (reference-mask volumes; SUVmax from the HECKTOR 2022 table where a
+  patient is in it) and RADCURE (training split, one centre, no image measurements). Patients per group:
+  {groups}. RFS known for {n_rfs} ({n_events} events); HPV known for {n_hpv} ({n_neg} negative).
+  Inputs (sha256): {inputs}.
+- RADCURE mapping (`training/radcure.py`, every rule documented there): ex-smokers count as tobacco
+  consumers; RT with cetuximab counts as chemoradiotherapy; "ECOG 0-1" is unknown; M1* is M1, MX unknown;
+  RFS runs from RT start to the earliest local, regional or distant recurrence or persistent disease
+  (persistent disease dated on RT start is put at the nominal end of RT); death without recurrence is
+  censored; 4 patients with a recurrence on or before RT start are dropped. RADCURE includes larynx,
+  hypopharynx and other sites, not only oropharynx.
+- Features (`hecktor.predict.raw_features`, shared with the runtime): age, male gender, tobacco,
+  performance status, chemoradiotherapy, M-stage, log(1 + GTVp/GTVn volume), log SUVmax of GTVp/GTVn.
+  Never: CenterID (validation groups only), HPV status (not an input of the 2025 container; RFS may use the
+  predicted HPV probability), alcohol (recorded by one HECKTOR centre only). M-stage is a candidate but
+  cannot be learnt from these data: every RADCURE patient of the training split is M0 and the HECKTOR table
+  has no M-stage, so the fits drop it as constant.
+
+## Missing values, prevalence
+- No missing indicators: M-stage exists only in RADCURE, image measurements only in HECKTOR, tobacco and
+  performance status in RADCURE and MDA only, so an indicator would name the cohort or the centre.
+- Linear models impute the training mean (standardised value 0: an unknown feature adds nothing). The
+  random forest imputes the mean too (SMOTE needs complete rows). Gradient-boosted trees route NaN natively,
+  and every training row also enters with all cohort-dependent features masked (half weight each), so the
+  missing branches learn all cohorts together instead of identifying one.
+- HPV fits weight the two classes equally within each cohort, so no cohort's prevalence is learnt and 0.5
+  is the prevalence-neutral point; the threshold is tuned inside each fold on the mean over cohorts of the
+  balanced accuracy (grid 0.30-0.70, ties to 0.5). Balanced accuracy itself does not depend on prevalence
+  for a fixed threshold; the probability is calibrated to a balanced population, not to any centre (see the
+  calibration table).
+
+## Method
+- Families. HPV: L2 logistic regression; histogram gradient boosting (scikit-learn, native NaN); seed
+  001's random forest with SMOTE inside each fit (imbalanced-learn). RFS: ridge Cox (scikit-survival);
+  gradient-boosted Cox (scikit-survival); seed 001's integration, ridge Cox on the same features plus the
+  predicted HPV probability of its own logistic HPV submodel (cross-fitted out of group in training).
+- Selection: inner leave-one-group-out over the training groups (5 random patient folds when the training
+  set is RADCURE alone); criterion = mean over training cohorts of the within-cohort C-index (RFS) or AUC
+  (HPV) of the inner out-of-group scores. Ties go to the simpler candidate.
+- Outer folds: each HECKTOR centre (trained on the other centres + RADCURE), RADCURE (trained on HECKTOR),
+  HECKTOR (trained on RADCURE). "HECKTOR centres pooled" pools the five centre folds' held-out scores.
+- 95 % CIs: percentile bootstrap, {n_boot} resamples (within centre for the pooled row), seed {seed}.
+
+## Task 2: full nested table (Harrell's C)
+Columns: `selected` is the shipped recipe (family chosen inside each fold too); the others are each family
+with its own feature set and penalty chosen inside each fold.
+
+{rfs_table}
+
+Choices per outer fold:
+
+{rfs_choices}
+
+Selection on all patients (inner criterion per candidate; selection-optimistic, for transparency):
+
+{rfs_selection}
+
+{rfs_parameters}
+
+## Task 3: full nested table
+Balanced accuracy at the threshold chosen inside each fold:
+
+{hpv_bal_table}
+
+AUC:
+
+{hpv_auc_table}
+
+Calibration of the shipped recipe's probability per held-out centre and cohort (logistic recalibration
+`logit P(y) = a + b logit(p)`, ideal a = 0, b = 1; a prevalence-neutral probability is expected to
+under-estimate in high-prevalence centres):
+
+{hpv_calibration}
+
+Choices per outer fold:
+
+{hpv_choices}
+
+Selection on all patients:
+
+{hpv_selection}
+
+{hpv_parameters}
+
+## Intended use
+Inside the HECKTOR 2025 container: Task 2 writes the RFS risk (a ranking score), Task 3 the HPV decision.
+`hecktor score-table` scores a CSV of `ehr.json` keys and measurements. Research use only, not for
+clinical decisions.
+
+## Limitations
+- The targets above are not met where the distance is negative; the figures are what they are. The
+  HECKTOR centres hold {n_neg_hecktor} HPV-negative patients, so every per-centre HPV figure is fragile,
+  and RADCURE has no image measurements, so image features are learnt from HECKTOR alone. Trained on HECKTOR
+  alone, the HPV models call (nearly) every RADCURE patient positive (balanced accuracy 0.5): with its image
+  features unknown, a RADCURE patient looks like an average HECKTOR patient, and 96 % of those are positive.
+- The threshold chosen inside the folds moves between 0.30 and 0.70 from fold to fold: with 23 HECKTOR
+  negatives, the threshold, like the family, is chosen on little evidence.
+- T/N stage and tumour site, the strongest clinical predictors of HPV and RFS, are not in `ehr.json`.
+- Image measurements in training come from reference masks; at run time from the product's segmentation.
+- RADCURE's treatment era, follow-up and case mix (all head-and-neck sites) differ from HECKTOR's.
+"""
+
+
+def model_card(evaluations: Mapping, rfs: Mapping, hpv: Mapping) -> str:
+    training = rfs["training"]
+    hpv_eval = evaluations["hpv"]
+    per_centre = [v for k, v in hpv_eval["per_held_out"]["selected"].items() if k in training["groups"]
+                  and k not in ("RADCURE", "HECKTOR")]  # fmt: skip
+    return _TEMPLATE.format(
+        rfs_candidate=rfs["candidate"],
+        rfs_output=rfs["output"],
+        hpv_candidate=hpv["candidate"],
+        hpv_output=hpv["output"],
+        threshold=hpv["threshold"],
+        rfs_target=_TARGET_NOTE["rfs"],
+        hpv_target=_TARGET_NOTE["hpv"],
+        rfs_headline=_headline(rfs, "rfs"),
+        hpv_headline=_headline(hpv, "hpv"),
+        groups=_groups(training),
+        n_rfs=training["n_rfs_known"],
+        n_events=training["n_events"],
+        n_hpv=training["n_hpv_known"],
+        n_neg=training["n_hpv_negative"],
+        inputs=", ".join(f"`{name}` `{digest[:12]}`" for name, digest in training["inputs_sha256"].items()),
+        n_boot=training["n_bootstrap"],
+        seed=training["seed"],
+        rfs_table=_metric_table(evaluations["rfs"], "c_index", ("events", "events"), " C"),
+        rfs_choices=_choices(evaluations["rfs"]),
+        rfs_selection=_selection_table(rfs, "C-index"),
+        rfs_parameters=_parameters(rfs),
+        hpv_bal_table=_metric_table(hpv_eval, "balanced_accuracy", ("n_negative", "HPV-")),
+        hpv_auc_table=_metric_table(hpv_eval, "auc", ("n_negative", "HPV-")),
+        hpv_calibration=_calibration_table(hpv_eval),
+        hpv_choices=_choices(hpv_eval),
+        hpv_selection=_selection_table(hpv, "AUC"),
+        hpv_parameters=_parameters(hpv),
+        n_neg_hecktor=sum(v["n_negative"] for v in per_centre),
+    )
