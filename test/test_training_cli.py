@@ -34,3 +34,18 @@ def test_steps_out_of_order_are_refused_with_the_missing_file(tmp_path: Path) ->
 def test_a_bad_dataset_name_is_refused(tmp_path: Path) -> None:
     result = _run("--work", tmp_path, "--dataset", "HECKTOR", "plan")
     assert result.returncode != 0 and "Dataset501_Name" in result.stderr
+
+
+def test_delegated_commands_take_their_own_options_after_global_ones(tmp_path: Path) -> None:
+    """The training image's entry point always passes ``--work /data`` first: ``clinical`` and ``random-weights``
+    must still get their own options (this failed with 'unrecognized arguments' before)."""
+    for name in ("rfs_model.json", "hpv_model.json", "clinical_evaluation.json"):
+        (tmp_path / name).write_bytes((REPO / "model_weights" / name).read_bytes())
+    result = _run("--work", tmp_path / "work", "clinical", "--card-only", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    card = (tmp_path / "MODEL_CARD_clinical.md").read_text()
+    assert card == (REPO / "model_weights/MODEL_CARD_clinical.md").read_text()
+    result = _run("--work", tmp_path / "work", "clinical", "--help")
+    assert result.returncode == 0 and "python -m training clinical" in result.stdout and "--radcure" in result.stdout
+    result = _run("--work", tmp_path / "work", "prepare", "--no-such-option", tmp_path)
+    assert result.returncode != 0 and "unrecognized arguments: --no-such-option" in result.stderr

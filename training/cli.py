@@ -198,6 +198,9 @@ def _run_outcome(args: argparse.Namespace, workspace: Workspace) -> int:
     return 0
 
 
+DELEGATED = {"clinical": "training.train_clinical_models", "random-weights": "training.make_random_weights"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0],
                                      epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawTextHelpFormatter)
@@ -278,17 +281,16 @@ def _run(args: argparse.Namespace, workspace: Workspace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # The two older scripts keep their own command lines.
-    for name, module in (("clinical", "training.train_clinical_models"), ("random-weights",
-                                                                          "training.make_random_weights")):
-        if name in argv:
-            position = argv.index(name)
-            if all(a.startswith("-") for a in argv[:position]):
-                from importlib import import_module
+    parser = build_parser()
+    # The two older scripts keep their own command lines: everything after their name is theirs, whatever global
+    # options come before it (the training image's entry point always passes --work /data).
+    args, rest = parser.parse_known_args(argv)
+    if args.command in DELEGATED:
+        from importlib import import_module
 
-                result = import_module(module).main(argv[position + 1:])
-                return int(result or 0)
-    args = build_parser().parse_args(argv)
+        return int(import_module(DELEGATED[args.command]).main(rest) or 0)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     # Our loggers at INFO; the libraries' (nnU-Net prints its own progress) at WARNING.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")

@@ -167,7 +167,7 @@ def train_task(data: Cohorts, task: str, cands: Sequence[Candidate], prov: dict)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training clinical", description=__doc__.split("\n")[0])
     parser.add_argument("--table", type=Path, default=DEFAULT_TABLE, help="HECKTOR 2025 training table")
     parser.add_argument("--suvmax", type=Path, default=DEFAULT_SUVMAX, help="HECKTOR 2022 SUVmax table")
     parser.add_argument("--radcure", type=Path, default=DEFAULT_RADCURE,
