@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from hecktor.case_features import CASE_FEATURES, case_features, finite_in
 from hecktor.manifest import ManifestError, read_model_json
 from hecktor.radiomics import FEATURE_NAMES as RADIOMICS_FEATURES
 from hecktor.types import ClinicalRecord, Measurements, Predictions
@@ -60,54 +61,14 @@ __all__ = [
 MISSING_SUFFIX = "_missing"
 HPV_PREDICTED = "hpv_probability_predicted"
 
-# Plausible ranges for image measurements; outside them the value is treated as unknown. A
-# lesion SUVmax below 1 is below blood pool (a unit or mask problem), above 100 it is almost
-# certainly Bq/mL that escaped conversion; volumes above 3 L are not a head-and-neck tumour.
-_VOLUME_RANGE_ML = (0.0, 3000.0)
-_SUVMAX_RANGE = (1.0, 100.0)
-
-_CASE_FEATURES: dict[str, str] = {
-    "age": "age in years (ehr.json)",
-    "gender_male": "1 male, 0 female (ehr.json)",
-    "tobacco": "tobacco consumption 0/1 (ehr.json)",
-    "alcohol": "alcohol consumption 0/1 (ehr.json)",
-    "performance_status": "performance status 0-4 (ehr.json)",
-    "treatment_chemoradiotherapy": "1 chemoradiotherapy, 0 radiotherapy alone (ehr.json)",
-    "m_stage": "M-stage 0/1 (ehr.json; RADCURE records it, the HECKTOR development table does not)",
-    "log_gtvp_volume": "log(1 + GTVp volume in mL) (measured)",
-    "log_gtvn_volume": "log(1 + total GTVn volume in mL) (measured)",
-    "log_total_volume": "log(1 + GTVp + GTVn volume in mL) (measured)",
-    "log_gtvp_suvmax": "log SUVmax inside GTVp, unknown outside [1, 100] (measured)",
-    "log_gtvn_suvmax": "log SUVmax inside GTVn, unknown outside [1, 100] (measured)",
-}
 # Radiomics (measure stage, when the manifest enables it) under their own names: available to any model trained
 # on a table that has them (``python -m training radiomics`` writes that table with the same function).
 RAW_FEATURES: dict[str, str] = {
-    **_CASE_FEATURES,
+    **CASE_FEATURES,
     **{name: "radiomics feature of the segmentation (hecktor.radiomics; measured)" for name in RADIOMICS_FEATURES},
 }
 # Not in RAW_FEATURES (not a property of the case): the HPV submodel's output, an input of an RFS model.
 _DERIVED_FEATURES = {HPV_PREDICTED: "predicted HPV probability of the RFS model's own HPV submodel"}
-
-
-def _finite_in(value: Any, low: float, high: float) -> float | None:
-    if value is None or isinstance(value, bool):  # a yes/no value is no measurement
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond the float range
-        return None
-    if not math.isfinite(number) or not low <= number <= high:
-        return None
-    return number
-
-
-def _log1p_or_none(value: float | None) -> float | None:
-    return None if value is None else math.log1p(value)
-
-
-def _log_or_none(value: float | None) -> float | None:
-    return None if value is None else math.log(value)
 
 
 def raw_features(record: ClinicalRecord, measured: Mapping[str, Any]) -> dict[str, float | None]:
@@ -117,24 +78,8 @@ def raw_features(record: ClinicalRecord, measured: Mapping[str, Any]) -> dict[st
     (``gtvp_volume_ml``, ``gtvn_volume_ml``, ``gtvp_suvmax``, ``gtvn_suvmax``, radiomics by name); absent
     keys are unknown. Log transforms tame the heavy right tail of volumes and SUV.
     """
-    vol_p = _finite_in(measured.get("gtvp_volume_ml"), *_VOLUME_RANGE_ML)
-    vol_n = _finite_in(measured.get("gtvn_volume_ml"), *_VOLUME_RANGE_ML)
-    total = None if vol_p is None or vol_n is None else vol_p + vol_n
-    return {
-        "age": record.age,
-        "gender_male": record.gender_male,
-        "tobacco": record.tobacco,
-        "alcohol": record.alcohol,
-        "performance_status": record.performance_status,
-        "treatment_chemoradiotherapy": record.treatment_chemoradiotherapy,
-        "m_stage": record.m_stage,
-        "log_gtvp_volume": _log1p_or_none(vol_p),
-        "log_gtvn_volume": _log1p_or_none(vol_n),
-        "log_total_volume": _log1p_or_none(total),
-        "log_gtvp_suvmax": _log_or_none(_finite_in(measured.get("gtvp_suvmax"), *_SUVMAX_RANGE)),
-        "log_gtvn_suvmax": _log_or_none(_finite_in(measured.get("gtvn_suvmax"), *_SUVMAX_RANGE)),
-        **{name: _finite_in(measured.get(name), -math.inf, math.inf) for name in RADIOMICS_FEATURES},
-    }
+    return {**case_features(record, measured),
+            **{name: finite_in(measured.get(name), -math.inf, math.inf) for name in RADIOMICS_FEATURES}}
 
 
 def _column_value(column: str, raw: Mapping[str, float | None], impute_values: Mapping[str, float]) -> float:

@@ -1,7 +1,8 @@
 """The outcome network's clinical vector: which features exist, their raw values, and their scaling.
 
 Seed 000's clinical branch takes the ``ehr.json`` variables and the lesion measurements (MTV, NTV, SUVmax,
-TLG, NLG). Here every feature is one number: binary fields are 0/1, the measurements are log-scaled. A
+TLG, NLG). Here every feature is one number, defined as for the clinical models (:mod:`hecktor.case_features`:
+binary fields 0/1, log volumes, log SUVmax in [1, 100]), plus log(1 + TLG/NLG). A
 missing value is imputed with the training median, then the value is z-scored with the training mean and
 standard deviation and clipped to +-``z_clip`` (all stored in the manifest's ``outcome_network`` section), so
 a failed segmentation moves the output a bounded amount. There are no missing-value indicators: an indicator
@@ -20,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
+from hecktor.case_features import CASE_FEATURES, case_features, finite_in, log1p_or_none
 from hecktor.types import ClinicalRecord, Measurements
 
 __all__ = [
@@ -31,29 +33,16 @@ __all__ = [
     "fit_scaling",
 ]
 
-_EHR_FIELDS = (
-    "age",
-    "gender_male",
-    "tobacco",
-    "alcohol",
-    "performance_status",
-    "treatment_chemoradiotherapy",
-    "m_stage",
-)
+# The record and lesion features as every Task 2/3 model defines them (hecktor.case_features), and the
+# glycolysis measurements seed 000's clinical branch adds.
+_SHARED = ("age", "gender_male", "tobacco", "alcohol", "performance_status", "treatment_chemoradiotherapy",
+           "m_stage", "log_gtvp_volume", "log_gtvn_volume", "log_gtvp_suvmax", "log_gtvn_suvmax")  # fmt: skip
+# TLG/NLG above 300 L * SUV 100 are no lesion: unknown, like any implausible measurement.
+_GLYCOLYSIS_RANGE = (0.0, 3.0e5)
 
 CLINICAL_FEATURES: Mapping[str, str] = MappingProxyType(
     {
-        "age": "age in years (ehr.json)",
-        "gender_male": "1 male, 0 female (ehr.json)",
-        "tobacco": "tobacco consumption 0/1 (ehr.json)",
-        "alcohol": "alcohol consumption 0/1 (ehr.json)",
-        "performance_status": "performance status 0-4 (ehr.json)",
-        "treatment_chemoradiotherapy": "1 chemoradiotherapy, 0 radiotherapy alone (ehr.json)",
-        "m_stage": "M-stage 0/1 (ehr.json)",
-        "log_gtvp_volume": "log(1 + GTVp volume in mL) (measured)",
-        "log_gtvn_volume": "log(1 + GTVn volume in mL) (measured)",
-        "log_gtvp_suvmax": "log(1 + GTVp SUVmax), unknown without a GTVp (measured)",
-        "log_gtvn_suvmax": "log(1 + GTVn SUVmax), unknown without a GTVn (measured)",
+        **{name: CASE_FEATURES[name] for name in _SHARED},
         "log_tlg": "log(1 + TLG of GTVp in SUV*mL) (measured)",
         "log_nlg": "log(1 + NLG of GTVn in SUV*mL) (measured)",
     }
@@ -84,25 +73,16 @@ class FeatureScaling:
     std: float
 
 
-def _log1p(value: float | int | None) -> float | None:
-    if value is None or not math.isfinite(float(value)) or float(value) < 0:
-        return None
-    return math.log1p(float(value))
-
-
 def clinical_values(record: ClinicalRecord, measurements: Measurements | None) -> dict[str, float | None]:
     """Every feature of :data:`CLINICAL_FEATURES` for one case; ``None`` = unknown (no measurements: all image
     features unknown)."""
-    values: dict[str, float | None] = {name: getattr(record, name) for name in _EHR_FIELDS}
-    m = None if measurements is None else measurements.as_dict()
-    get = (lambda key: None) if m is None else m.get
-    values["log_gtvp_volume"] = _log1p(get("gtvp_volume_ml"))
-    values["log_gtvn_volume"] = _log1p(get("gtvn_volume_ml"))
-    values["log_gtvp_suvmax"] = _log1p(get("gtvp_suvmax"))
-    values["log_gtvn_suvmax"] = _log1p(get("gtvn_suvmax"))
-    values["log_tlg"] = _log1p(get("tlg"))
-    values["log_nlg"] = _log1p(get("nlg"))
-    return values
+    measured = {} if measurements is None else measurements.as_dict()
+    shared = case_features(record, measured)
+    return {
+        **{name: shared[name] for name in _SHARED},
+        "log_tlg": log1p_or_none(finite_in(measured.get("tlg"), *_GLYCOLYSIS_RANGE)),
+        "log_nlg": log1p_or_none(finite_in(measured.get("nlg"), *_GLYCOLYSIS_RANGE)),
+    }
 
 
 def clinical_vector(
