@@ -41,7 +41,7 @@ from hecktor.preprocess import extract_roi
 from hecktor.read import read_case
 from hecktor.types import Case, ClinicalRecord, InputError
 from hecktor.write import atomic_write
-from training.prepare import _is_synthetic, _read_labels, find_source_cases
+from training.prepare import find_source_cases, is_synthetic_source, read_reference_labels
 from training.workspace import Workspace, write_json
 
 __all__ = [
@@ -152,7 +152,7 @@ def prepare_outcome_samples(
         "patch_size": [int(s) for s in patch_size],
         "ct_window_hu": [float(v) for v in ct_window_hu],
         "preprocess": json.loads(json.dumps(asdict(config))),
-        "synthetic": _is_synthetic(Path(source)),
+        "synthetic": is_synthetic_source(Path(source)),
         "source": str(source),
         "table": str(table),
     }
@@ -185,7 +185,7 @@ def prepare_outcome_samples(
                 case.case_id,
                 case.centre,
                 image_case,
-                _read_labels(case.labels),
+                read_reference_labels(case.labels),
                 clinical_record_from_mapping(row, f"{table}: {case.case_id}"),
                 _outcomes(row),
                 config,

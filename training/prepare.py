@@ -57,7 +57,9 @@ __all__ = [
     "SkippedCase",
     "SourceCase",
     "find_source_cases",
+    "is_synthetic_source",
     "prepare_dataset",
+    "read_reference_labels",
     "read_suv_factors",
 ]
 
@@ -166,7 +168,7 @@ def find_source_cases(source: Path) -> tuple[list[SourceCase], list[SkippedCase]
     return cases, skipped
 
 
-def _is_synthetic(source: Path) -> bool:
+def is_synthetic_source(source: Path) -> bool:
     """hecktor.phantom.write_training_dataset marks its datasets (``source`` may be the root or ``Task 1``)."""
     source = source.absolute()
     return any((folder / SYNTHETIC_MARKER).is_file() for folder in (source, source.parent))
@@ -182,7 +184,7 @@ def _is_done(dataset_dir: Path, case_id: str) -> bool:
     return all(p.is_file() for p in _output_paths(dataset_dir, case_id))
 
 
-def _read_labels(path: Path) -> sitk.Image:
+def read_reference_labels(path: Path) -> sitk.Image:
     image, _ = read_image(path, "label", path.parent)
     values = np.unique(sitk.GetArrayViewFromImage(image))
     unexpected = sorted(set(values.tolist()) - {0.0, 1.0, 2.0})
@@ -194,7 +196,7 @@ def _read_labels(path: Path) -> sitk.Image:
 def prepare_case(case: SourceCase, config: PreprocessConfig, suv_factor: float | None, staging: Path) -> dict[str, Any]:
     """Read, place the ROI, resample and write one case into ``staging``; returns its ``cases.json`` record."""
     image_case = read_case(case.folder, known_suv_factor=suv_factor)
-    labels = _read_labels(case.labels)
+    labels = read_reference_labels(case.labels)
     roi = extract_roi(image_case, config, labels=labels)
     assert roi.labels is not None
     ct_path, pet_path, label_path = _output_paths(staging, case.case_id)
@@ -295,8 +297,8 @@ def prepare_dataset(
                  "x".join(map(str, record["roi_size_xyz"])), record["pet_units"], time.perf_counter() - start)
     shutil.rmtree(staging, ignore_errors=True)
     finished = sorted(c for c in records if _is_done(dataset_dir, c))
-    write_json(dataset_dir / "dataset.json", _dataset_json(finished, config, _is_synthetic(Path(source)), Path(source)),
-               sort_keys=True)
+    synthetic = is_synthetic_source(Path(source))
+    write_json(dataset_dir / "dataset.json", _dataset_json(finished, config, synthetic, Path(source)), sort_keys=True)
     return PrepareSummary(dataset_dir, tuple(prepared), tuple(done_before), tuple(skipped), tuple(warnings))
 
 

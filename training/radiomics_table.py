@@ -22,7 +22,7 @@ from hecktor.manifest import RadiomicsConfig
 from hecktor.radiomics import FEATURE_NAMES, radiomics_features
 from hecktor.read import read_case
 from hecktor.types import InputError
-from training.prepare import SkippedCase, SourceCase, _read_labels, find_source_cases
+from training.prepare import SkippedCase, SourceCase, find_source_cases, read_reference_labels
 
 __all__ = ["RadiomicsTable", "case_radiomics", "radiomics_table", "write_radiomics_csv"]
 
@@ -38,7 +38,7 @@ class RadiomicsTable:
 def case_radiomics(case: SourceCase, config: RadiomicsConfig, suv_factor: float | None) -> dict[str, float | None]:
     """The radiomics features of one contoured case (CT in HU, PET in SUV, reference labels)."""
     image_case = read_case(case.folder, known_suv_factor=suv_factor)
-    return radiomics_features(image_case.ct, image_case.pet, _read_labels(case.labels), config)
+    return radiomics_features(image_case.ct, image_case.pet, read_reference_labels(case.labels), config)
 
 
 def radiomics_table(source: Path, config: RadiomicsConfig, suv_factors: Mapping[str, float]) -> RadiomicsTable:
