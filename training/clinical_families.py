@@ -266,9 +266,6 @@ def fit_gradient_boosting_survival(data: Cohorts, cand: Candidate) -> TreeEnsemb
 # --------------------------------------------------------------------------- seed 001 integration
 
 
-HPV_SUBMODEL = Candidate("logistic", "clinical_volumes_suv", (), {"C": 0.1})  # columns filled in by the caller
-
-
 def cross_fitted_hpv(data: Cohorts, submodel: Candidate) -> np.ndarray:
     """Predicted HPV probability of each training patient from a submodel that never saw that patient's group
     (leave-one-group-out; within a single group, 5 patient folds). RFS labels are never used."""
