@@ -130,7 +130,8 @@ class Pipeline:
             located_by = roi.located_by
             with clock.stage("measure"):
                 measurements = measure(labels, case.pet)
-            if self.manifest.radiomics is not None:  # timed apart: the benchmark reports its cost per case
+            # Only Tasks 2/3 use radiomics; timed apart, so that the benchmark reports their cost per case.
+            if self.manifest.radiomics is not None and tasks & {2, 3}:
                 with clock.stage("radiomics"):
                     measurements = with_radiomics(measurements, labels, case.pet, case.ct, self.manifest.radiomics)
                 log.info("radiomics: %d of %d features computed", sum(v is not None for v in
