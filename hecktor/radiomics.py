@@ -50,7 +50,15 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from hecktor.geometry import direction_matrix, frame_bounds, make_grid, patient_frame, resample_to_grid, sub_grid
+from hecktor.geometry import (
+    direction_matrix,
+    frame_bounds,
+    image_on_grid,
+    make_grid,
+    patient_frame,
+    resample_to_grid,
+    sub_grid,
+)
 from hecktor.manifest import RadiomicsConfig, RadiomicsModalityConfig
 from hecktor.types import LABEL_GTVN, LABEL_GTVP
 
@@ -168,7 +176,8 @@ def radiomics_features(
             continue
         surface = int((morphological & ~ndimage.binary_erosion(morphological)).sum())
         if surface <= config.max_surface_voxels:
-            features.update(_extract("shape", None, _mask_image(morphological, grid), 0.0, _shape_names(region)))
+            mask = image_on_grid(morphological.astype(np.uint8), grid)
+            features.update(_extract("shape", None, mask, 0.0, _shape_names(region)))
         else:
             log.warning(
                 "radiomics: %s has %d surface voxels (more than %d): no shape features",
@@ -183,9 +192,8 @@ def radiomics_features(
             intensity = morphological & _in_range(values, settings)
             if int(intensity.sum()) < config.min_voxels:
                 continue
-            on_grid = sitk.GetImageFromArray(np.where(intensity, values, 0.0))
-            on_grid.CopyInformation(grid)
-            intensity_mask = _mask_image(intensity, grid)
+            on_grid = image_on_grid(np.where(intensity, values, 0.0), grid)
+            intensity_mask = image_on_grid(intensity.astype(np.uint8), grid)
             names = _intensity_names(modality, region)
             split = len(FIRSTORDER_FEATURES)
             features.update(_extract("firstorder", on_grid, intensity_mask, settings.bin_width, names[:split]))
@@ -221,12 +229,6 @@ def _in_range(values: np.ndarray, settings: RadiomicsModalityConfig) -> np.ndarr
     lower, upper = settings.resegment_range
     inside = np.isfinite(values) & (values >= lower)
     return inside if upper is None else inside & (values <= upper)
-
-
-def _mask_image(mask: np.ndarray, grid: sitk.Image) -> sitk.Image:
-    image = sitk.GetImageFromArray(mask.astype(np.uint8))
-    image.CopyInformation(grid)
-    return image
 
 
 def _extract(

@@ -11,7 +11,6 @@ The group (``CHUM`` ... ``MDA``, ``RADCURE``) only forms validation folds and th
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from hecktor.radiomics import FEATURE_NAMES as RADIOMICS_FEATURES
 from hecktor.validation import leave_one_group_out, patient_kfold
 from training.radcure import load_radcure
 
-__all__ = ["CENTRE_NAMES", "Cohorts", "load_cohorts", "load_hecktor", "load_radcure_cohort", "sha256"]
+__all__ = ["CENTRE_NAMES", "Cohorts", "load_cohorts", "load_hecktor", "load_radcure_cohort"]
 
 CENTRE_NAMES = {1: "CHUM", 2: "CHUP", 3: "CHUS", 4: "CHUV", 5: "MDA", 6: "HGJ", 7: "HMR", 8: "USZ"}
 HECKTOR, RADCURE = "HECKTOR", "RADCURE"
@@ -77,10 +76,6 @@ class Cohorts:
         else:
             folds = patient_kfold(self.patient_ids, INNER_KFOLD, FOLD_SEED)
         return [np.isin(ids, fold.validation) for fold in folds]
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _measured_from_row(row: Mapping) -> dict[str, float | None]:

@@ -35,6 +35,7 @@ from hecktor.outcome.features import CLINICAL_FEATURES, FeatureScaling, clinical
 from hecktor.outcome.inputs import hazard_risk as numpy_hazard_risk
 from hecktor.outcome.inputs import time_bins
 from hecktor.outcome.network import OutcomeArchitecture, OutcomeNetwork
+from hecktor.predict import sigmoid
 from hecktor.write import atomic_write
 from training.outcome_data import OutcomeSample
 from training.outcome_losses import cox_rank_loss, discrete_hazard_nll, hazard_risk, hpv_class_weights, weighted_bce
@@ -161,7 +162,7 @@ def evaluate_outputs(
         else float("nan")
     )
     labelled = [i for i, s in enumerate(samples) if s.hpv is not None]
-    probability = 1.0 / (1.0 + np.exp(-hpv_logits.astype(np.float64)))
+    probability = sigmoid(hpv_logits.astype(np.float64))
     balanced = (
         balanced_accuracy([samples[i].hpv for i in labelled], [int(probability[i] >= hpv_threshold) for i in labelled])
         if labelled

@@ -35,9 +35,10 @@ if str(REPO) not in sys.path:  # allow `python training/train_clinical_models.py
     sys.path.insert(0, str(REPO))
 
 from hecktor.radiomics import FEATURE_NAMES as RADIOMICS_FEATURES  # noqa: E402
+from hecktor.segment.weights import sha256_of  # noqa: E402
 from hecktor.write import atomic_write  # noqa: E402
 from training.clinical_card import model_card  # noqa: E402
-from training.clinical_cohorts import Cohorts, load_cohorts, sha256  # noqa: E402
+from training.clinical_cohorts import Cohorts, load_cohorts  # noqa: E402
 from training.clinical_evaluation import (  # noqa: E402
     N_BOOT,
     SEED,
@@ -98,7 +99,7 @@ TARGETS = {"rfs": ("c_index", 0.68), "hpv": ("balanced_accuracy", 0.70)}
 def provenance(args: argparse.Namespace, data: Cohorts) -> dict:
     """Where the models came from: input hashes, groups, sizes, seed (no timestamps: reruns are identical)."""
     paths = (args.table, args.suvmax, args.radcure, args.radiomics)
-    inputs = {p.name: sha256(p) for p in paths if p is not None and p.exists()}
+    inputs = {p.name: sha256_of(p) for p in paths if p is not None and p.exists()}
     groups = {str(g): int((data.groups == g).sum()) for g in dict.fromkeys(data.groups)}
     return {
         "inputs_sha256": inputs,

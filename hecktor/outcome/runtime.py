@@ -14,7 +14,6 @@ Sessions run on the CPU: one patch per case (about half a second at 96^3 for Res
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import SimpleITK as sitk
 from hecktor.manifest import Manifest, ManifestError, OutcomeNetworkConfig
 from hecktor.outcome.features import clinical_values, clinical_vector
 from hecktor.outcome.inputs import OutcomeImageInputs, lesion_patch, survival_curve
-from hecktor.predict import ClinicalModels, predict
+from hecktor.predict import ClinicalModels, predict, sigmoid
 from hecktor.segment.weights import read_verified
 from hecktor.types import ClinicalRecord, Measurements, Predictions, Roi
 
@@ -115,14 +114,10 @@ def _check_onnx_shapes(runner: OnnxOutcomeRunner, config: OutcomeNetworkConfig, 
         )
 
 
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
-
-
 def predictions_from_outputs(rfs_logits: np.ndarray, hpv_logit: float, hpv_threshold: float) -> Predictions:
     """One case's :class:`Predictions` from the network's outputs: risk ``-sum_k S_k``, HPV ``sigmoid(logit)``."""
     survival = survival_curve(np.asarray(rfs_logits, dtype=np.float64).reshape(1, -1))[0]
-    probability = _sigmoid(float(hpv_logit))
+    probability = float(sigmoid(float(hpv_logit)))
     details = {"hpv_logit": float(hpv_logit), "hpv_threshold": hpv_threshold, "image_network": 1.0}
     details |= {f"rfs_survival_bin{k + 1}": float(s) for k, s in enumerate(survival)}
     return Predictions(
