@@ -146,7 +146,7 @@ def test_masked_copies_put_every_cohort_into_the_missing_branch() -> None:
     diluted only by A's original missing rows: (0.5 nB_miss + 0.5 nB) / (0.5 n_miss + 0.5 n)."""
     data = _cohorts()
     x = families.design_matrix(COLUMNS, {}, data.raws)
-    masked = families.cohort_dependent_columns(COLUMNS, data.raws, data.cohorts)
+    masked = families.cohort_dependent_columns(x, data.cohorts)
     assert masked == [1]  # tobacco only: age and volume miss at random (15 %) in both cohorts
     rows, origin = families.masked_copies(x, masked)
     np.testing.assert_array_equal(rows[: len(x)], x)  # originals unchanged

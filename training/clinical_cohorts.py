@@ -64,6 +64,10 @@ class Cohorts:
     def rfs_known(self) -> np.ndarray:
         return np.isfinite(self.time) & np.isfinite(self.event)
 
+    def labelled(self, task: str) -> np.ndarray:
+        """The patients whose label of ``task`` ("hpv" or "rfs") is known."""
+        return np.isfinite(self.hpv) if task == "hpv" else self.rfs_known
+
     def __len__(self) -> int:
         return len(self.patient_ids)
 

@@ -140,7 +140,7 @@ def _best(names: Sequence[str], criterion: dict[str, float]) -> str:
 
 def select(data: Cohorts, cands: Sequence[Candidate], task: str) -> Selection:
     """Choose among ``cands`` using ``data`` only (the patients with a known label of ``task``)."""
-    labelled = data.subset(np.isfinite(data.hpv) if task == "hpv" else data.rfs_known)
+    labelled = data.subset(data.labelled(task))
     criterion_of = hpv_criterion if task == "hpv" else rfs_criterion
     scores = {c.name: inner_scores(labelled, c) for c in cands}
     criterion = {name: criterion_of(labelled, s) for name, s in scores.items()}
@@ -214,7 +214,7 @@ class TaskResult:
 def evaluate_task(data: Cohorts, cands: Sequence[Candidate], task: str) -> TaskResult:
     """Nested evaluation over :func:`outer_folds`: every choice re-made on each outer training set."""
     families = HPV_FAMILIES if task == "hpv" else RFS_FAMILIES
-    labelled = np.isfinite(data.hpv) if task == "hpv" else data.rfs_known
+    labelled = data.labelled(task)
     keys = ("selected", *[f for f in families if any(c.family == f for c in cands)])
     scores: dict[str, dict[str, np.ndarray]] = {k: {} for k in keys}
     thresholds: dict[str, dict[str, float]] = {k: {} for k in keys}

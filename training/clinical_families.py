@@ -102,14 +102,16 @@ def usable_columns(columns: Sequence[str], raws: Sequence[Mapping[str, float | N
     return tuple(c for c in columns if len({r.get(c) for r in raws} - {None}) >= 2)
 
 
-def _scaling(columns: Sequence[str], raws: Sequence[Mapping[str, float | None]]) -> tuple[dict, tuple, tuple]:
-    """Mean imputation values and standardisation, from the observed values of each column."""
+def _scaling(
+    columns: Sequence[str], raws: Sequence[Mapping[str, float | None]]
+) -> tuple[np.ndarray, dict, tuple, tuple]:
+    """The observed values (NaN = unknown) and, from them, the mean imputation values and standardisation."""
     observed = design_matrix(columns, {}, raws)
     means = np.nanmean(observed, axis=0)
     stds = np.nanstd(observed, axis=0)
     stds[~(stds > 1e-8)] = 1.0
     means_t, stds_t = _stable(means), _stable(stds)
-    return dict(zip(columns, means_t, strict=True)), means_t, stds_t
+    return observed, dict(zip(columns, means_t, strict=True)), means_t, stds_t
 
 
 def cohort_balanced_weights(y: np.ndarray, cohorts: np.ndarray) -> np.ndarray:
@@ -139,8 +141,8 @@ def _linear(
 
 
 def _standardised(model_columns: tuple[str, ...], raws: Sequence[Mapping]) -> tuple[dict, tuple, tuple, np.ndarray]:
-    impute, means, stds = _scaling(model_columns, raws)
-    x = design_matrix(model_columns, impute, raws)
+    observed, impute, means, stds = _scaling(model_columns, raws)
+    x = np.where(np.isnan(observed), np.asarray(means), observed)  # the imputation values are the means
     return impute, means, stds, np.clip((x - np.asarray(means)) / np.asarray(stds), -Z_CLIP, Z_CLIP)
 
 
@@ -209,19 +211,20 @@ def masked_copies(x: np.ndarray, masked: Sequence[int]) -> tuple[np.ndarray, np.
     return np.vstack([x, copy]), np.concatenate([np.arange(len(x)), np.arange(len(x))])
 
 
-def cohort_dependent_columns(columns: Sequence[str], raws: Sequence[Mapping], cohorts: np.ndarray) -> list[int]:
-    """Indexes of the columns whose missing rate differs by more than 10 points between training cohorts."""
-    missing = np.isnan(design_matrix(columns, {}, raws))
+def cohort_dependent_columns(observed: np.ndarray, cohorts: np.ndarray) -> list[int]:
+    """Indexes of the columns of ``observed`` (NaN = unknown) whose missing rate differs by more than 10 points
+    between training cohorts."""
+    missing = np.isnan(observed)
     rates = np.array([missing[cohorts == c].mean(axis=0) for c in np.unique(cohorts)])
-    return [i for i in range(len(columns)) if rates[:, i].max() - rates[:, i].min() > 0.10]
+    return [i for i in range(observed.shape[1]) if rates[:, i].max() - rates[:, i].min() > 0.10]
 
 
 def fit_hist_gradient_boosting(data: Cohorts, cand: Candidate) -> TreeEnsemble:
     """scikit-learn's histogram gradient boosting, NaN routed natively, on masked copies (see module doc)."""
     columns = usable_columns(cand.columns, data.raws)
-    _, means, stds = _scaling(columns, data.raws)
-    x = (design_matrix(columns, {}, data.raws) - np.asarray(means)) / np.asarray(stds)
-    rows, origin = masked_copies(x, cohort_dependent_columns(columns, data.raws, data.cohorts))
+    observed, _, means, stds = _scaling(columns, data.raws)
+    x = (observed - np.asarray(means)) / np.asarray(stds)
+    rows, origin = masked_copies(x, cohort_dependent_columns(observed, data.cohorts))
     y = data.hpv.astype(int)
     weights = 0.5 * cohort_balanced_weights(y, data.cohorts)[origin]
     clf = HistGradientBoostingClassifier(
@@ -271,7 +274,7 @@ def cross_fitted_hpv(data: Cohorts, submodel: Candidate) -> np.ndarray:
     (leave-one-group-out; within a single group, 5 patient folds). RFS labels are never used."""
     prob = np.full(len(data.patient_ids), np.nan)
     for held in data.inner_folds():
-        train = data.subset(~held & np.isfinite(data.hpv))
+        train = data.subset(~held & data.labelled("hpv"))
         prob[held] = sigmoid(fit_logistic(train, submodel).scores(data.subset(held).raws))
     return prob
 
@@ -282,7 +285,7 @@ def fit_cox_with_predicted_hpv(data: Cohorts, cand: Candidate) -> WithPredictedH
     predicted = cross_fitted_hpv(data, submodel)
     with_hpv = data.with_raws([{**r, HPV_PREDICTED: float(p)} for r, p in zip(data.raws, predicted, strict=True)])
     cox = fit_cox(with_hpv, Candidate("cox", cand.feature_set, (*cand.columns, HPV_PREDICTED), cand.settings))
-    return WithPredictedHpv(cox, fit_logistic(data.subset(np.isfinite(data.hpv)), submodel))
+    return WithPredictedHpv(cox, fit_logistic(data.subset(data.labelled("hpv")), submodel))
 
 
 FAMILIES: dict[str, Callable[[Cohorts, Candidate], Model]] = {
@@ -297,8 +300,7 @@ FAMILIES: dict[str, Callable[[Cohorts, Candidate], Model]] = {
 
 def fit(data: Cohorts, cand: Candidate) -> Model:
     """Fit ``cand`` on the patients of ``data`` with a known label (HPV families: HPV; RFS families: RFS)."""
-    label_known = np.isfinite(data.hpv) if cand.family in HPV_FAMILIES else data.rfs_known
-    return FAMILIES[cand.family](data.subset(label_known), cand)
+    return FAMILIES[cand.family](data.subset(data.labelled("hpv" if cand.family in HPV_FAMILIES else "rfs")), cand)
 
 
 HPV_FAMILIES = ("logistic", "hist_gradient_boosting", "random_forest_smote")

@@ -108,7 +108,7 @@ def provenance(args: argparse.Namespace, data: Cohorts) -> dict:
         "n_patients": len(data),
         "n_rfs_known": int(data.rfs_known.sum()),
         "n_events": int(np.nansum(data.event[data.rfs_known])),
-        "n_hpv_known": int(np.isfinite(data.hpv).sum()),
+        "n_hpv_known": int(data.labelled("hpv").sum()),
         "n_hpv_negative": int((data.hpv == 0).sum()),
         "measurements_source": "HECKTOR: reference masks (training) vs the product's segmentation (run time); "
         "RADCURE: none (every image feature unknown)",
