@@ -115,7 +115,7 @@ RUN pip install --no-deps --no-index /opt/hecktor/wheel/hecktor-*.whl \
 # too-old library fails here, not as a silent CPU fallback on the platform; libcuda.so.1 comes from the driver at
 # run time and is the one library allowed to be missing); the torch flavour has a CUDA build of torch; the model
 # folder passes the manifest schema and matches the flavour.
-RUN python -c "import hecktor.cli, hecktor.contract, radiomics.glcm, radiomics.shape, radiomics.firstorder" \
+RUN python -c "import hecktor.apps.cli, hecktor.apps.contract, radiomics.glcm, radiomics.shape, radiomics.firstorder" \
  && if [ "$FLAVOUR" = onnxruntime ]; then \
       if python -c "import torch" 2>/dev/null; then echo "torch must not be in the onnxruntime image" >&2; exit 1; fi; \
       python -c "import onnxruntime as ort, sys; from onnxruntime.capi.build_and_package_info import cuda_version; \
@@ -129,7 +129,7 @@ sys.exit('CUDAExecutionProvider' not in p or not cuda_version.startswith('12.'))
     else \
       python -c "import torch, safetensors, sys; print('torch', torch.__version__, 'CUDA', torch.version.cuda); sys.exit(torch.version.cuda is None)"; \
     fi \
- && python -c "import sys; from pathlib import Path; from hecktor.manifest import load_manifest; \
+ && python -c "import sys; from pathlib import Path; from hecktor.core.manifest import load_manifest; \
 m = load_manifest(Path('/opt/hecktor/model_weights')); \
 backend = m.ensemble.backend if m.engine == 'ensemble' else None; print('models:', m.engine, backend or ''); \
 sys.exit(backend not in (None, '$FLAVOUR') and 'manifest backend %s needs the %s flavour' % (backend, backend))"

@@ -2,7 +2,7 @@
 
 import sys
 
-from hecktor.cli import inference_main
+from hecktor.apps.cli import inference_main
 
 if __name__ == "__main__":
     sys.exit(inference_main())

@@ -12,7 +12,7 @@ Runs the image hecktor2025-task<TASK>-<flavour> (build it first with ./build.sh)
 the GPUs when an NVIDIA GPU is present (CPU otherwise, said so).
 Cases: CASE_DIR only when given; else the bundled SYNTHETIC sample case (test/sample-case) and the three real
 sarcoma cases of ../shared/data/sts when that folder exists next to the repository. Each case's outputs are
-checked inside the same image by `python -m hecktor.contract`. Exit 0 only when every case passes.
+checked inside the same image by `python -m hecktor.apps.contract`. Exit 0 only when every case passes.
 Arguments after `--` are appended to the image's entry point (hecktor-inference), e.g. `-- --time-limit 300` to
 plan each case against 300 s instead of the platform's limit; without them the image runs as the platform runs
 it. The pass/fail time check stays the platform's limit either way.
@@ -165,7 +165,7 @@ for i in "${!cases[@]}"; do
   for f in rfs.json hpv-status.json; do [ -f "$output/$f" ] && echo "  $f = $(cat "$output/$f")"; done
   # The contract, checked by the image itself (read-only mounts: the check cannot repair anything).
   if ! check="$("$engine" run --rm "${sandbox[@]}" -v "$input:/input:ro" -v "$output:/output:ro" \
-                 --entrypoint /opt/venv/bin/python "$tag" -m hecktor.contract \
+                 --entrypoint /opt/venv/bin/python "$tag" -m hecktor.apps.contract \
                  --input /input --output /output --tasks "$task" 2>&1)"; then
     problems+=("$check")
   fi

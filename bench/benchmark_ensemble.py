@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.benchmark_pipeline import head_on_top, median_geometry_values, write_case_in_child
-from hecktor.manifest import DEFAULT_WEIGHTS_DIR
-from hecktor.phantom import PhantomGeometry
+from hecktor.core.manifest import DEFAULT_WEIGHTS_DIR
+from hecktor.io.phantom import PhantomGeometry
 from hecktor.pipeline import peak_rss_mb
 
 STAGES = ("read", "preprocess", "segment", "restore", "measure", "predict", "write")
@@ -190,7 +190,7 @@ def _cuda_max_mb(device: str) -> float | None:
 
 
 def _build_pipeline(weights_dir: Path, device: str) -> Any:
-    from hecktor.manifest import load_manifest
+    from hecktor.core.manifest import load_manifest
     from hecktor.pipeline import Pipeline
 
     return Pipeline(load_manifest(weights_dir), device)
@@ -198,7 +198,7 @@ def _build_pipeline(weights_dir: Path, device: str) -> Any:
 
 def run_ours(job: Job) -> dict[str, Any]:
     """The product: ``Pipeline.run`` then publishing the outputs, cold, one case in a fresh process."""
-    from hecktor.cli import publish_case_result
+    from hecktor.apps.cli import publish_case_result
     from hecktor.pipeline import ALL_TASKS
 
     _child_setup(job.device)
@@ -221,8 +221,8 @@ def run_ours(job: Job) -> dict[str, Any]:
 
 
 def _template_networks(manifest: Any, device: str) -> list[Any]:
-    from hecktor.segment.networks import build_network
-    from hecktor.segment.torch_backend import load_safetensors
+    from hecktor.segment.torch_backend.networks import build_network
+    from hecktor.segment.torch_backend.runner import load_safetensors
 
     networks = []
     for member in manifest.ensemble.members:
@@ -234,7 +234,7 @@ def _template_networks(manifest: Any, device: str) -> list[Any]:
 
 def _same_roi_grid(case: Any, config: Any) -> Any:
     """The 1 mm ROI grid our pipeline uses (same brain-anchored centre, same clipping), without resampling."""
-    from hecktor.preprocess import place_roi
+    from hecktor.preprocess.roi import place_roi
 
     return place_roi(case, config).grid
 
@@ -274,7 +274,7 @@ def template_preprocess(case: Any, manifest: Any) -> tuple[Any, Any]:
     import numpy as np
     import SimpleITK as sitk
 
-    from hecktor.normalise import normalise_ct, normalise_pet
+    from hecktor.preprocess.normalise import normalise_ct, normalise_pet
 
     config = manifest.preprocess
     roi = _same_roi_grid(case, config)
@@ -318,12 +318,12 @@ def template_restore(probs: Any, grid: Any, ct: Any) -> Any:
 
 def run_template(job: Job) -> dict[str, Any]:
     """The template approach on the same torch networks, each stage timed like ours."""
-    from hecktor.cli import publish_case_result
-    from hecktor.manifest import load_manifest
-    from hecktor.measure import measure
+    from hecktor.apps.cli import publish_case_result
+    from hecktor.core.manifest import load_manifest
+    from hecktor.io.read import read_case
+    from hecktor.measure.lesions import measure
+    from hecktor.outcome.predict import load_clinical_models, predict
     from hecktor.pipeline import ALL_TASKS, CaseResult
-    from hecktor.predict import load_clinical_models, predict
-    from hecktor.read import read_case
 
     _child_setup(job.device)
     meter = CpuMeter()
@@ -399,8 +399,8 @@ def run_probe(job: ProbeJob) -> dict[str, Any]:
     """Seconds for one patch window (twice: cold, warm) and one whole-ROI pass, torch fp32 eager."""
     import torch
 
-    from hecktor.segment.networks import build_network, input_divisor
-    from hecktor.segment.sliding_window import whole_image_shape, window_slices
+    from hecktor.segment.torch_backend.networks import build_network, input_divisor
+    from hecktor.segment.torch_backend.sliding_window import whole_image_shape, window_slices
 
     _child_setup(job.device)
     network = build_network("STUNet", dict(job.network.arch_kwargs)).eval().requires_grad_(False).to(job.device)
@@ -745,7 +745,7 @@ def whole_roi(args: argparse.Namespace) -> bool:
 
 
 def _roi_zyx(network: NetworkSpec) -> tuple[int, int, int]:
-    from hecktor.manifest import load_manifest
+    from hecktor.core.manifest import load_manifest
 
     x, y, z = network.roi_mm or load_manifest().preprocess.roi_size_mm
     return (round(z), round(y), round(x))

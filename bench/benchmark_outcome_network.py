@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.benchmark_pipeline import measure_case
-from hecktor.manifest import DEFAULT_WEIGHTS_DIR, load_manifest
+from hecktor.core.manifest import DEFAULT_WEIGHTS_DIR, load_manifest
 
 
 def random_network_folder(weights_dir: Path, out_dir: Path) -> Path:
@@ -40,7 +40,7 @@ def random_network_folder(weights_dir: Path, out_dir: Path) -> Path:
     import torch
 
     from hecktor.outcome.features import FeatureScaling
-    from hecktor.outcome.network import OutcomeNetwork
+    from hecktor.outcome.torch_backend.network import OutcomeNetwork
     from training.outcome_export import export_outcome_model
     from training.outcome_train import OutcomeTrainSettings, TrainedOutcome
 
@@ -74,8 +74,8 @@ def network_alone(folder: Path, repeats: int) -> list[tuple[str, int, float]]:
     """(backend, threads, seconds per case) for onnxruntime and torch eager."""
     import torch
 
-    from hecktor.outcome.network import build_outcome_network
     from hecktor.outcome.runtime import load_onnx_outcome
+    from hecktor.outcome.torch_backend.network import build_outcome_network
 
     manifest = load_manifest(folder)
     section = manifest.outcome_network

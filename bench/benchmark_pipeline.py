@@ -1,6 +1,6 @@
 """Per-stage wall time and peak RSS of the full pipeline on SYNTHETIC cases, one fresh process per case.
 
-Cases (all rendered from the analytic phantom, ``hecktor.phantom``):
+Cases (all rendered from the analytic phantom, ``hecktor.io.phantom``):
 
 - ``median``: the median geometry of the HECKTOR 2022 training images
   (``../shared/data/clinical/hecktor2022_image_geometry.csv`` when present; otherwise the median
@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from hecktor.manifest import DEFAULT_WEIGHTS_DIR
-from hecktor.phantom import SAMPLE_EHR, Phantom, PhantomGeometry, make_phantom, write_platform_case
+from hecktor.core.manifest import DEFAULT_WEIGHTS_DIR
+from hecktor.io.phantom import SAMPLE_EHR, Phantom, PhantomGeometry, make_phantom, write_platform_case
 
 REPO = Path(__file__).resolve().parent.parent
 GEOMETRY_CSV = REPO.parent / "shared" / "data" / "clinical" / "hecktor2022_image_geometry.csv"
@@ -118,8 +118,8 @@ def write_case_in_child(source: str | PhantomGeometry, case_dir: Path) -> None:
 
 def _run_case(case_dir: Path, out_dir: Path, weights_dir: Path, report: Path) -> None:
     """Child: load the models, run the case, write its outputs; dump stage timings and peak RSS as JSON."""
-    from hecktor.cli import publish_case_result
-    from hecktor.manifest import load_manifest
+    from hecktor.apps.cli import publish_case_result
+    from hecktor.core.manifest import load_manifest
     from hecktor.pipeline import ALL_TASKS, Pipeline, peak_rss_mb
 
     logging.basicConfig(level=logging.WARNING)

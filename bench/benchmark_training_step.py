@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 import torch
 
-from hecktor.segment.networks import STUNET_S_DEFAULTS, build_network, count_parameters
+from hecktor.segment.torch_backend.networks import STUNET_S_DEFAULTS, build_network, count_parameters
 from training.losses import build_loss
 
 SCHEDULE_ITERATIONS = 1000 * 250

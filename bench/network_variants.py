@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from hecktor.segment.networks import build_network
+from hecktor.segment.torch_backend.networks import build_network
 
 
 def _sync(device: torch.device) -> None:

@@ -1,5 +1,5 @@
 import sys
 
-from hecktor.cli import main
+from hecktor.apps.cli import main
 
 sys.exit(main())

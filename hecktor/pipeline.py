@@ -1,9 +1,9 @@
 """The one data path: read case -> preprocess -> segment -> restore -> measure -> predict (-> write).
 
 :class:`Pipeline` loads the manifest's models once and serves many cases: :meth:`Pipeline.run_case`
-takes a :class:`~hecktor.types.Case` (any reader can feed it), :meth:`Pipeline.run` reads one from a
-folder and applies the input policy first. Writing belongs to the faces (``hecktor.cli``), which
-publish a case's outputs all together through :mod:`hecktor.write`.
+takes a :class:`~hecktor.core.types.Case` (any reader can feed it), :meth:`Pipeline.run` reads one from a
+folder and applies the input policy first. Writing belongs to the faces (``hecktor.apps.cli``), which
+publish a case's outputs all together through :mod:`hecktor.io.write`.
 """
 
 from __future__ import annotations
@@ -19,19 +19,19 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from hecktor.geometry import image_on_grid
-from hecktor.manifest import Manifest
-from hecktor.measure import measure, with_radiomics
+from hecktor.core.geometry import image_on_grid
+from hecktor.core.manifest import Manifest
+from hecktor.core.policy import apply_input_policy
+from hecktor.core.types import Case, Measurements, Predictions, RecoverableProblem, Roi
+from hecktor.io.read import read_case
+from hecktor.measure.lesions import measure, with_radiomics
+from hecktor.outcome.predict import ClinicalModels, load_clinical_models
 from hecktor.outcome.runtime import outcome_network_or_none, predict_tasks_2_3
-from hecktor.policy import apply_input_policy
-from hecktor.predict import ClinicalModels, load_clinical_models
-from hecktor.preprocess import extract_roi
-from hecktor.read import read_case
+from hecktor.preprocess.roi import extract_roi
 from hecktor.restore import restore_to_ct_grid
 from hecktor.segment import SegmentationEngine, build_engine
-from hecktor.types import Case, Measurements, Predictions, RecoverableProblem, Roi
 
-__all__ = ["ALL_TASKS", "CaseResult", "Pipeline", "StageTiming"]
+__all__ = ["ALL_TASKS", "CaseResult", "Pipeline", "StageClock", "StageTiming", "has_uptake", "peak_rss_mb"]
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-class _StageClock:
+class StageClock:
+    """Per-stage wall time and peak memory of one case (one clock per case; not shared between threads)."""
+
     def __init__(self) -> None:
         self.timings: list[StageTiming] = []
 
@@ -99,10 +101,17 @@ class Pipeline:
                 " (a rule-based SUV threshold method)" if self.engine.name == "pet-threshold" else "",
             )
 
-    def segment_case(self, case: Case, clock: _StageClock, deadline: float | None = None) -> tuple[sitk.Image, Roi]:
-        """The label image on the CT grid, and the ROI it was segmented on."""
+    def preprocess(self, case: Case, clock: StageClock) -> Roi:
+        """The case's ROI (a pure function of the case and the manifest: the batch runner calls it in its reader
+        thread, so that the next case is preprocessed while this one is segmented)."""
         with clock.stage("preprocess"):
-            roi = extract_roi(case, self.manifest.preprocess)
+            return extract_roi(case, self.manifest.preprocess)
+
+    def segment_case(self, case: Case, clock: StageClock, deadline: float | None = None,
+                     roi: Roi | None = None) -> tuple[sitk.Image, Roi]:
+        """The label image on the CT grid, and the ROI it was segmented on (``roi``: already extracted)."""
+        if roi is None:
+            roi = self.preprocess(case, clock)
         with clock.stage("segment"):
             probabilities = self.engine.segment(roi, deadline)
         with clock.stage("restore"):
@@ -113,23 +122,25 @@ class Pipeline:
         self,
         case: Case,
         tasks: frozenset[int] = ALL_TASKS,
-        clock: _StageClock | None = None,
+        clock: StageClock | None = None,
         deadline: float | None = None,
+        roi: Roi | None = None,
     ) -> CaseResult:
         """Compute every requested output of ``case``; writes nothing.
 
         ``deadline``: ``time.monotonic()`` value by which the case must be done (the platform's time
-        limit); the segmentation engine plans against it. ``None``: no limit.
+        limit); the segmentation engine plans against it. ``None``: no limit. ``roi``: the case's ROI when
+        :meth:`preprocess` already extracted it (used only when the PET has uptake).
         """
-        clock = clock or _StageClock()
+        clock = clock or StageClock()
         measurements: Measurements | None = None
-        roi: Roi | None = None
-        if _has_uptake(case):
+        if has_uptake(case):
             # Tasks 2 and 3 use measurements from the segmentation, so it always runs.
-            labels, roi = self.segment_case(case, clock, deadline)
+            labels, roi = self.segment_case(case, clock, deadline, roi)
             located_by = roi.located_by
             with clock.stage("measure"):
                 measurements = measure(labels, case.pet)
+            _log_lesion_summary(measurements)
             # Only Tasks 2/3 use radiomics; timed apart, so that the benchmark reports their cost per case.
             if self.manifest.radiomics is not None and tasks & {2, 3}:
                 with clock.stage("radiomics"):
@@ -139,6 +150,7 @@ class Pipeline:
             log.info("measurements: %s", {k: round(v, 2) if isinstance(v, float) else v
                                           for k, v in measurements.as_dict().items() if k in _LOGGED_MEASUREMENTS})
         else:
+            roi = None  # nothing to segment: the outcome network gets no image inputs
             labels, located_by = image_on_grid(np.zeros(case.ct.GetSize()[::-1], np.uint8), case.ct), "not located"
             log.warning("%s: PET without uptake: empty segmentation, no image measurements", case.pet_path)
         predictions = None
@@ -168,12 +180,21 @@ class Pipeline:
     ) -> CaseResult:
         """Read the case in ``input_dir``, apply the input policy (``strict`` refuses any recoverable
         problem), and compute every requested output before ``deadline``; writes nothing."""
-        clock = _StageClock()
+        clock = StageClock()
         with clock.stage("read"):
             case = read_case(input_dir)
         apply_input_policy(case.problems, strict)
         return self.run_case(case, tasks, clock, deadline)
 
 
-def _has_uptake(case: Case) -> bool:
+def _log_lesion_summary(measurements: Measurements) -> None:
+    """One line per class with the measured SUVmax: the only SUVmax the run log names (the engine's
+    peaks are read on the ROI grid and logged as such), so the log and the measurements agree."""
+    for name, volume, suv_max in (("GTVp", measurements.gtvp_volume_ml, measurements.gtvp_suvmax),
+                                  ("GTVn", measurements.gtvn_volume_ml, measurements.gtvn_suvmax)):
+        if suv_max is not None:
+            log.info("%s %.2f mL, SUVmax %.2f (PET at the CT voxels of the final mask)", name, volume, suv_max)
+
+
+def has_uptake(case: Case) -> bool:
     return float(sitk.GetArrayViewFromImage(case.pet).max()) > 0.0  # ``case.pet`` outlives the view

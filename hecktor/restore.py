@@ -14,9 +14,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from hecktor.geometry import continuous_index_of, image_on_grid, physical_corners, resample_to_grid, sub_grid
-from hecktor.manifest import PostprocessConfig
-from hecktor.types import LABEL_BACKGROUND, LABEL_GTVN, LABEL_GTVP, Probabilities
+from hecktor.core.geometry import continuous_index_of, image_on_grid, physical_corners, resample_to_grid, sub_grid
+from hecktor.core.manifest import PostprocessConfig
+from hecktor.core.types import LABEL_BACKGROUND, LABEL_GTVN, LABEL_GTVP, Probabilities
 
 __all__ = ["compose_labels", "ct_box_covering", "lesion_candidate_box", "postprocess_labels", "restore_to_ct_grid"]
 

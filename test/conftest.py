@@ -1,4 +1,4 @@
-"""Shared fixtures. Phantoms are SYNTHETIC (hecktor.phantom); real data is read from ../shared/data."""
+"""Shared fixtures. Phantoms are SYNTHETIC (hecktor.io.phantom); real data is read from ../shared/data."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hecktor.manifest import Manifest, load_manifest
-from hecktor.phantom import Phantom, PhantomGeometry, make_phantom, write_platform_case
+from hecktor.core.manifest import Manifest, load_manifest
+from hecktor.io.phantom import Phantom, PhantomGeometry, make_phantom, write_platform_case
 
 
 @pytest.fixture(scope="session")

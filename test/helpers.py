@@ -1,4 +1,4 @@
-"""Helpers shared by the tests. Phantoms are SYNTHETIC (hecktor.phantom); real data is read from ../shared/data."""
+"""Helpers shared by the tests. Phantoms are SYNTHETIC (hecktor.io.phantom); real data is read from ../shared/data."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def _independent_tree_walk(tree: dict, x: list[float]) -> float:
 
 
 def independent_score(model: dict, known: dict[str, float]) -> float:
-    """A model JSON's score for one patient, from its documented definition (hecktor/predict.py's docstring):
+    """A model JSON's score for one patient, from its documented definition (hecktor/outcome/predict.py's docstring):
     linear formula, or base + sum of trees / logit of the trees' mean, with an HPV submodel's probability
     as the input ``hpv_probability_predicted``. ``known``: feature values by name, any other is unknown."""
     if "hpv_submodel" in model:

@@ -1,6 +1,6 @@
 """The hostile-input suite: generated cases, each with its expected behaviour under both input policies.
 
-Every case starts from the SYNTHETIC phantom case (``hecktor.phantom``) in the platform layout and
+Every case starts from the SYNTHETIC phantom case (``hecktor.io.phantom``) in the platform layout and
 damages a copy of it. ``DEFAULT`` is the platform policy (answer whenever the images can be read,
 with a warning), ``STRICT`` is ``--strict`` (refuse every recoverable problem). The expected log
 fragments name the file or the problem code, so a refusal that does not say what is wrong fails.
@@ -32,8 +32,8 @@ if str(TEST_DIR) not in sys.path:
 
 from case_variants import rigidly_rotated, rotation, stored_flipped  # noqa: E402
 
-from hecktor.cli import main  # noqa: E402
-from hecktor.phantom import PhantomGeometry, make_phantom, write_platform_case  # noqa: E402
+from hecktor.apps.cli import main  # noqa: E402
+from hecktor.io.phantom import PhantomGeometry, make_phantom, write_platform_case  # noqa: E402
 
 CT = Path("images/ct/phantom.mha")
 PET = Path("images/pet/phantom.mha")
@@ -68,6 +68,7 @@ class HostileCase:
     default: Outcome
     strict: Outcome
     input_path: str = ""  # --input relative to the case folder ("" = the case folder itself)
+    ct_folder: str = "images/ct"  # where the real CT lies after the damage (the label grid)
 
 
 # --------------------------------------------------------------------------- damage helpers
@@ -270,8 +271,15 @@ OK = answers()
 
 
 def _case(name: str, damage: Callable[[Path], object], default: Outcome, strict: Outcome | None = None,
-          input_path: str = "") -> HostileCase:
-    return HostileCase(name, damage, default, default if strict is None else strict, input_path)
+          input_path: str = "", ct_folder: str = "images/ct") -> HostileCase:
+    return HostileCase(name, damage, default, default if strict is None else strict, input_path, ct_folder)
+
+
+def _swap_ct_and_pet(d: Path) -> None:
+    """The CT's file in the PET's folder and the PET's in the CT's (same names: only the contents move)."""
+    ct_bytes = (d / CT).read_bytes()
+    (d / CT).write_bytes((d / PET).read_bytes())
+    (d / PET).write_bytes(ct_bytes)
 
 
 CASES: tuple[HostileCase, ...] = (
@@ -332,6 +340,10 @@ CASES: tuple[HostileCase, ...] = (
           refuses("phantom.mha", "no positive uptake")),
     _case("pet-all-negative", lambda d: _with_array(d / PET, lambda a: np.full_like(a, -1.0)),
           answers("pet-no-uptake"), refuses("phantom.mha", "no positive uptake")),
+    _case("ct-and-pet-swapped", _swap_ct_and_pet, answers("ct-pet-swapped", "wrong way round"),
+          refuses("wrong way round", "images/ct/phantom.mha", "images/pet/phantom.mha"), ct_folder="images/pet"),
+    _case("ct-is-a-pet-beside-a-pet", lambda d: shutil.copy(d / PET, d / CT),
+          refuses("images/ct/phantom.mha", "but like a PET")),
     _case("pet-in-bqml", lambda d: _with_array(d / PET, lambda a: a * 4000.0), answers("pet-bqml"),
           refuses("phantom.mha", "Bq/mL")),
     _case("pet-values-1e30", lambda d: _with_array(d / PET, lambda a: a * 1e29), answers("pet-bqml"),
@@ -381,6 +393,9 @@ CASES: tuple[HostileCase, ...] = (
     _case("ehr-organiser-variants", _ehr_object(ORGANISER_VARIANTS), OK),
     _case("ehr-unseen-centre-99", _ehr_object({"CenterID": 99, "Age": 60}), OK),
     _case("ehr-empty-object", _ehr_object({}), OK),
+    _case("ehr-misspelt-keys", _ehr_object({"Agee": 61, "Tobaco Consumption": 1, "CenterID": 3, "M-stage": "M0"}),
+          answers("ehr-unknown-key", "'Agee': did you mean 'Age'?", "did you mean 'Tobacco Consumption'?"),
+          refuses("ehr.json", "'Agee': did you mean 'Age'?")),
     # ----- optional images that no model uses
     _case("planning-ct-corrupt", _optional("ct-planning", lambda d, t: (t / "plan.mha").write_bytes(b"junk")),
           answers("optional-image-unusable", "plan.mha"), refuses("plan.mha")),

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import random
+import shutil
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,10 +19,21 @@ import numpy as np
 import pytest
 from helpers import CLINICAL_DIR
 
-from hecktor.clinical import MAX_EHR_BYTES, MAX_NESTING, clinical_record_from_mapping, parse_ehr
-from hecktor.manifest import DEFAULT_WEIGHTS_DIR
-from hecktor.predict import ClinicalModels, load_clinical_models, predict
-from hecktor.types import ClinicalRecord, InputError, Measurements
+from hecktor.core.manifest import DEFAULT_WEIGHTS_DIR
+from hecktor.core.types import ClinicalRecord, InputError, Measurements
+from hecktor.io.clinical import (
+    DOCUMENTED_KEYS,
+    KEY_ALIASES,
+    KNOWN_UNUSED_KEYS,
+    MAX_EHR_BYTES,
+    MAX_NESTING,
+    clinical_record_from_mapping,
+    is_known_key,
+    normalise_key,
+    parse_ehr,
+    read_ehr_keys,
+)
+from hecktor.outcome.predict import ClinicalModels, load_clinical_models, predict
 
 OFFICIAL = ("ehr_example_official.json", "ehr_example_official_missing_values.json")
 
@@ -184,14 +196,14 @@ def test_out_of_range_becomes_unknown_with_warning(
     content: dict, field: str, bad: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = _write(tmp_path, json.dumps(content))
-    with caplog.at_level(logging.WARNING, logger="hecktor.clinical"):
+    with caplog.at_level(logging.WARNING, logger="hecktor.io.clinical"):
         record = parse_ehr(path)
     assert getattr(record, field) is None
     assert any(bad in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
 
 
 def test_conflicting_spellings_keep_first_and_warn(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="hecktor.clinical"):
+    with caplog.at_level(logging.WARNING, logger="hecktor.io.clinical"):
         record = clinical_record_from_mapping({"Tobacco Consumption": 1, "Tobacco": 0})
     assert record.tobacco == 1.0
     assert any("disagrees" in r.getMessage() for r in caplog.records)
@@ -282,7 +294,7 @@ def test_nesting_limit_is_exact(tmp_path: Path, caplog: pytest.LogCaptureFixture
     """The top-level object is level 1; brackets inside strings do not count."""
     inner = MAX_NESTING - 1
     at_limit = '{"Tobacco": "[[[[{{{{", "Age": ' + "[" * inner + "]" * inner + "}"
-    with caplog.at_level(logging.WARNING, logger="hecktor.clinical"):
+    with caplog.at_level(logging.WARNING, logger="hecktor.io.clinical"):
         record = parse_ehr(_write(tmp_path, at_limit))
     assert record.age is None and _warnings_about(caplog, "Age")
     over = '{"Age": ' + "[" * (inner + 1) + "]" * (inner + 1) + "}"
@@ -309,7 +321,7 @@ def test_numbers_beyond_any_range_become_unknown(
     literal: str, key: str, field: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = _write(tmp_path, f'{{"{key}": {literal}, "Alcohol": 1}}')
-    with caplog.at_level(logging.WARNING, logger="hecktor.clinical"):
+    with caplog.at_level(logging.WARNING, logger="hecktor.io.clinical"):
         record = parse_ehr(path)
     assert getattr(record, field) is None and record.alcohol == 1.0
     messages = _warnings_about(caplog, key)
@@ -318,7 +330,7 @@ def test_numbers_beyond_any_range_become_unknown(
 
 def test_nan_literal_is_missing_without_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """NaN is how Python's json (and pandas) writes an empty cell: missing, not an error."""
-    with caplog.at_level(logging.WARNING, logger="hecktor.clinical"):
+    with caplog.at_level(logging.WARNING, logger="hecktor.io.clinical"):
         record = parse_ehr(_write(tmp_path, '{"Age": NaN, "HPV Status": NaN}'))
     assert record == ClinicalRecord()
     assert not _warnings_about(caplog, "Age")
@@ -327,7 +339,7 @@ def test_nan_literal_is_missing_without_warning(tmp_path: Path, caplog: pytest.L
 def test_duplicate_keys_keep_the_first_value_and_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """json.loads would silently keep the LAST duplicate; the record applies its first-readable-wins rule."""
     path = _write(tmp_path, '{"Age": 50, "Gender": 1, "Age": 61, "Gender": 1, "HPV": "?", "HPV": 0}')
-    with caplog.at_level(logging.WARNING, logger="hecktor.clinical"):
+    with caplog.at_level(logging.WARNING, logger="hecktor.io.clinical"):
         record = parse_ehr(path)
     assert (record.age, record.gender_male, record.hpv_positive) == (50.0, 1.0, 0.0)
     age_messages = _warnings_about(caplog, "Age")
@@ -342,7 +354,7 @@ def test_long_key_and_control_characters(tmp_path: Path) -> None:
 
 
 def test_lone_surrogate_escape_is_just_an_unreadable_value(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="hecktor.clinical"):
+    with caplog.at_level(logging.WARNING, logger="hecktor.io.clinical"):
         record = parse_ehr(_write(tmp_path, '{"Age": "\\ud800", "\\udc00": 1, "Gender": 0}'))
     assert record == ClinicalRecord(gender_male=0.0)
     assert all(m.isascii() or m.isprintable() for m in _warnings_about(caplog, "Age"))
@@ -351,7 +363,7 @@ def test_lone_surrogate_escape_is_just_an_unreadable_value(tmp_path: Path, caplo
 def test_warnings_are_capped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Thousands of bad values (here repeats of one key) must not flood the log."""
     pairs = ", ".join(['"Age": "bad"'] * 5000)
-    with caplog.at_level(logging.WARNING, logger="hecktor.clinical"):
+    with caplog.at_level(logging.WARNING, logger="hecktor.io.clinical"):
         record = parse_ehr(_write(tmp_path, "{" + pairs + "}"))
     assert record.age is None
     assert 1 < len(caplog.records) <= 25
@@ -510,8 +522,51 @@ class _Unprintable:
 def test_mapping_values_never_raise(value: object, caplog: pytest.LogCaptureFixture) -> None:
     """Table rows can hold any Python object; each becomes unknown with a short warning."""
     keys = ("Age", "CenterID", "Performance Status", "Gender", "Treatment", "M-stage")
-    with caplog.at_level(logging.WARNING, logger="hecktor.clinical"):
+    with caplog.at_level(logging.WARNING, logger="hecktor.io.clinical"):
         record = clinical_record_from_mapping({**dict.fromkeys(keys, value), "Alcohol": 0}, source="row 7")
     assert record == ClinicalRecord(alcohol=0.0)
     assert len(caplog.records) == len(keys)
     assert all("row 7" in r.getMessage() and len(r.getMessage()) < 400 for r in caplog.records)
+
+
+# --- unknown keys -------------------------------------------------------------------------------------------
+
+
+def test_misspelt_keys_are_named_with_the_nearest_documented_spelling(tmp_path):
+    path = tmp_path / "ehr.json"
+    path.write_text(json.dumps({"Agee": 61, "Tobaco Consumption": 1, "Notes": "x", "CenterID": 3, "M-stage": "M0",
+                                "HPV Status": 1, "Tobacco Consumption:": 0, "T-stage": "T2"}))
+    record, unreadable, unknown = read_ehr_keys(path)
+    assert unreadable == []
+    assert unknown == ["'Agee': did you mean 'Age'?", "'Tobaco Consumption': did you mean 'Tobacco Consumption'?",
+                       "'Notes' matches no documented key"]
+    assert record.age is None and record.tobacco == 0.0  # the misspelt value is not used
+
+
+def test_every_documented_spelling_is_known_and_every_alias_documented():
+    assert {normalise_key(k) for k in DOCUMENTED_KEYS} == set(KEY_ALIASES) | KNOWN_UNUSED_KEYS
+    for key in ("CenterID", "M-stage", "HPV Status", "Tobacco", "Performance", "centre_id", "T-stage"):
+        assert is_known_key(key), key
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
+def test_unknown_keys_follow_the_input_policy(tmp_path, phantom_case_dir, strict, caplog):
+    from hecktor.core.policy import apply_input_policy
+    from hecktor.io.read import read_case
+
+    case_dir = tmp_path / "case"
+    shutil.copytree(phantom_case_dir, case_dir)
+    (case_dir / "ehr.json").write_text(json.dumps({"Agee": 61, "Tobaco Consumption": 1, "CenterID": 3,
+                                                   "M-stage": "M0", "Gender": 1}))
+    case = read_case(case_dir)
+    [problem] = case.problems
+    assert problem.code == "ehr-unknown-key" and problem.fallback.startswith("ignored")
+    assert "CenterID" not in problem.problem and "M-stage" not in problem.problem
+    if strict:
+        with pytest.raises(InputError, match=r"ehr\.json.*'Agee': did you mean 'Age'\?"):
+            apply_input_policy(case.problems, strict=True)
+    else:
+        with caplog.at_level(logging.WARNING):
+            apply_input_policy(case.problems, strict=False)
+        assert "'Tobaco Consumption': did you mean 'Tobacco Consumption'?" in caplog.text
+    assert case.clinical.gender_male == 1.0

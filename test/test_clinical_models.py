@@ -1,4 +1,4 @@
-"""The Task 2/3 model families (training/clinical_families.py) and their runtime (hecktor/predict.py).
+"""The Task 2/3 model families (training/clinical_families.py) and their runtime (hecktor/outcome/predict.py).
 
 Tree ensembles are scored at run time by numpy code of our own; every check here compares that code with
 scikit-learn's / scikit-survival's own predictions of the same fitted estimator (an independent path), and
@@ -20,8 +20,8 @@ pytest.importorskip("imblearn", reason="imbalanced-learn (training dependency) i
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sksurv.ensemble import GradientBoostingSurvivalAnalysis
 
-from hecktor.manifest import ManifestError
-from hecktor.predict import (
+from hecktor.core.manifest import ManifestError
+from hecktor.outcome.predict import (
     HPV_PREDICTED,
     LinearModel,
     TreeEnsemble,

@@ -1,4 +1,4 @@
-"""The output-contract checker (hecktor.contract) that test.sh runs inside the image: it must accept the outputs
+"""The output-contract checker (hecktor.apps.contract) that test.sh runs inside the image: it must accept the outputs
 the platform expects and name every way a folder departs from them."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from hecktor.cli import inference_main
-from hecktor.contract import check_outputs, find_input_ct, main, parse_tasks
+from hecktor.apps.cli import inference_main
+from hecktor.apps.contract import check_outputs, find_input_ct, main, parse_tasks
 
 SAMPLE_CASE = Path(__file__).parent / "sample-case"
 SEG = Path("images/tumor-lymph-node-segmentation/output.mha")
@@ -76,7 +76,9 @@ def test_valid_outputs_pass(case: Path, tmp_path: Path, tasks: frozenset[int]) -
     assert check_outputs(case, output, tasks) == []
 
 
-def test_outputs_of_the_product_meet_the_contract(tmp_path: Path) -> None:
+def test_outputs_of_the_product_meet_the_contract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The platform's situation (input /input): nothing but the contract's files, no case.json.
+    monkeypatch.setattr("hecktor.apps.cli.PLATFORM_INPUT", SAMPLE_CASE)
     output = tmp_path / "output"
     assert inference_main(["--input", str(SAMPLE_CASE), "--output", str(output), "--tasks", "all"]) == 0
     assert check_outputs(SAMPLE_CASE, output, ALL) == []

@@ -20,11 +20,11 @@ from helpers import (
 )
 from test_measure import independent_measurements
 
-from hecktor.manifest import load_manifest
-from hecktor.metrics import dice
-from hecktor.phantom import SAMPLE_EHR
+from hecktor.core.manifest import load_manifest
+from hecktor.core.metrics import dice
+from hecktor.io.phantom import SAMPLE_EHR
+from hecktor.io.write import HPV_PATH, RFS_PATH, SEGMENTATION_PATH, STAGING_PREFIX, TRASH_PREFIX
 from hecktor.pipeline import Pipeline
-from hecktor.write import HPV_PATH, RFS_PATH, SEGMENTATION_PATH, STAGING_PREFIX, TRASH_PREFIX
 
 
 def assert_valid_outputs(output_dir: Path, ct_path: Path) -> np.ndarray:
@@ -99,7 +99,7 @@ def test_tasks_option_restricts_outputs(tmp_path, phantom_case_dir, tasks, expec
     out = tmp_path / "out"
     result = run_inference(phantom_case_dir, out, "--tasks", tasks)
     assert result.returncode == 0, result.stderr
-    assert {p.relative_to(out) for p in files_under(out)} == expected
+    assert {p.relative_to(out) for p in files_under(out)} == expected | {Path("case.json")}
     # radiomics serve Tasks 2/3 only: a Task 1 run does not spend time on them
     assert ("stage radiomics" in result.stderr) == (tasks != "1"), result.stderr[-3000:]
 
@@ -198,7 +198,7 @@ def test_run_report_records_the_outcome(tmp_path, phantom_case_dir, strict):
         assert report["status"] == "input-error" and "Age" in report["error"] and report["outputs"] == []
     else:
         assert report["status"] == "ok" and report["error"] is None
-        assert len(report["outputs"]) == 3 and report["case"]["predictions"]["rfs_risk"] == json.loads(
+        assert len(report["outputs"]) == 4 and report["case"]["predictions"]["rfs_risk"] == json.loads(
             (out / RFS_PATH).read_text())
         assert any("ehr-values-unreadable" in w for w in report["warnings"])
         assert {t["stage"] for t in report["timings"]} >= {"read", "preprocess", "segment", "measure"}

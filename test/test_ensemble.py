@@ -11,13 +11,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from hecktor.manifest import Manifest, ManifestError, load_manifest
-from hecktor.normalise import normalise_ct, normalise_pet
+from hecktor.core.files import sha256_of
+from hecktor.core.manifest import Manifest, ManifestError, load_manifest
+from hecktor.core.types import Roi
+from hecktor.preprocess.normalise import normalise_ct, normalise_pet
 from hecktor.segment import build_engine
 from hecktor.segment.ensemble import EnsembleEngine, load_ensemble
-from hecktor.segment.networks import build_network
-from hecktor.segment.weights import sha256_of
-from hecktor.types import Roi
+from hecktor.segment.torch_backend.networks import build_network
 from training.make_random_weights import RANDOM_MODEL_CARD, make_random_weights
 
 TINY_STUNET = {"dims": (4, 8, 8, 8, 8, 8)}

@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 from case_variants import rigidly_rotated, rotation, stored_flipped
 
-from hecktor.geometry import (
+from hecktor.core.geometry import (
     continuous_index_of,
     direction_matrix,
     direction_problem,

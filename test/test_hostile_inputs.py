@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from helpers import REPO
 from hostile_cases import CASES, OUTPUTS, HostileCase, run_hostile_case, write_base_case
 
-from hecktor.policy import RECOVERABLE
+from hecktor.core.policy import RECOVERABLE
 
 
 @pytest.fixture(scope="module")
@@ -25,17 +25,18 @@ def base_case(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_base_case(tmp_path_factory.mktemp("hostile_base") / "case")
 
 
-def _input_ct(input_dir: Path) -> Path:
-    (ct,) = [p for p in (input_dir / "images/ct").iterdir() if p.is_file() and not p.name.startswith(".")
+def _input_ct(input_dir: Path, ct_folder: str = "images/ct") -> Path:
+    (ct,) = [p for p in (input_dir / ct_folder).iterdir() if p.is_file() and not p.name.startswith(".")
              and p.suffix == ".mha"]
     return ct
 
 
-def _assert_complete_valid_outputs(input_dir: Path, output_dir: Path) -> None:
+def _assert_complete_valid_outputs(input_dir: Path, output_dir: Path, ct_folder: str) -> None:
     present = sorted(p.relative_to(output_dir) for p in output_dir.rglob("*") if p.is_file())
-    assert present == sorted(OUTPUTS), f"expected exactly the three outputs, found {present}"
+    # A local run (not /input) also records which case the folder holds.
+    assert present == sorted([*OUTPUTS, Path("case.json")]), f"expected the three outputs and case.json: {present}"
     labels = sitk.ReadImage(str(output_dir / OUTPUTS[0]))
-    ct = sitk.ReadImage(str(_input_ct(input_dir)))
+    ct = sitk.ReadImage(str(_input_ct(input_dir, ct_folder)))
     assert labels.GetSize() == ct.GetSize()
     np.testing.assert_allclose(labels.GetSpacing(), ct.GetSpacing(), rtol=1e-6)
     np.testing.assert_allclose(labels.GetOrigin(), ct.GetOrigin(), rtol=1e-9, atol=1e-6)
@@ -62,7 +63,7 @@ def test_hostile_input(case: HostileCase, strict: bool, base_case: Path, tmp_pat
         assert fragment in result.log, f"{fragment!r} not in the log:\n{result.log[-3000:]}"
     assert "Traceback" not in result.log
     if expected.exit_code == 0:
-        _assert_complete_valid_outputs(result.input_dir, result.output_dir)
+        _assert_complete_valid_outputs(result.input_dir, result.output_dir, case.ct_folder)
     else:
         _assert_nothing_written(result.output_dir)
         (error,) = [line for line in result.log.splitlines() if line.startswith("ERROR")]

@@ -18,10 +18,10 @@ import pytest
 import SimpleITK as sitk
 from case_variants import rigidly_rotated, rotation, stored_flipped, unflip_array
 
-from hecktor.manifest import load_manifest, write_manifest
-from hecktor.phantom import GTVP_SPHERE, Phantom, PhantomGeometry, make_phantom, write_platform_case
+from hecktor.core.manifest import load_manifest, write_manifest
+from hecktor.core.types import LABEL_GTVN, LABEL_GTVP
+from hecktor.io.phantom import GTVP_SPHERE, Phantom, PhantomGeometry, make_phantom, write_platform_case
 from hecktor.pipeline import CaseResult, Pipeline
-from hecktor.types import LABEL_GTVN, LABEL_GTVP
 
 ALL_FLIPS = [axes for r in range(4) for axes in itertools.combinations(range(3), r)]
 MIXED_FLIPS = [((0,), ()), ((), (2,)), ((1, 2), (0,)), ((0, 1, 2), (1,))]  # (CT axes, PET axes)

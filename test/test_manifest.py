@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from hecktor.cli import main
-from hecktor.manifest import (
+from hecktor.apps.cli import main
+from hecktor.core.manifest import (
     CHALLENGE_LABELS,
     DEFAULT_WEIGHTS_DIR,
     FORMAT_VERSION,

@@ -16,9 +16,9 @@ import SimpleITK as sitk
 from helpers import REPO, STS_CASES, require_sts
 from scipy import ndimage
 
-from hecktor.measure import measure
-from hecktor.phantom import PhantomGeometry, make_phantom
-from hecktor.read import read_image
+from hecktor.io.phantom import PhantomGeometry, make_phantom
+from hecktor.io.read import read_image
+from hecktor.measure.lesions import measure
 
 ALLOCATOR_STRESS = {
     "perturb": {"MALLOC_PERTURB_": "165"},
@@ -27,7 +27,7 @@ ALLOCATOR_STRESS = {
 _MEASURE_SCRIPT = """
 import json, sys
 import SimpleITK as sitk
-from hecktor.measure import measure
+from hecktor.measure.lesions import measure
 m = measure(sitk.ReadImage(sys.argv[1]), sitk.Cast(sitk.ReadImage(sys.argv[2]), sitk.sitkFloat32))
 print(json.dumps(m.as_dict()))
 """

@@ -1,4 +1,4 @@
-"""Tests for hecktor.metrics and hecktor.evaluate; expected values are computed by hand."""
+"""Tests for hecktor.core.metrics and hecktor.apps.evaluate; expected values are computed by hand."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from hecktor import metrics
-from hecktor.evaluate import (
+from hecktor.apps.evaluate import (
     EvaluationError,
     add_evaluate_arguments,
     evaluate_clinical,
@@ -21,6 +20,7 @@ from hecktor.evaluate import (
     find_label_files,
     run_evaluate,
 )
+from hecktor.core import metrics
 
 
 def line(*values: int) -> np.ndarray:

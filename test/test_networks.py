@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from hecktor.segment.networks import (
+from hecktor.segment.torch_backend.networks import (
     STUNet,
     UpsampleNearest,
     build_network,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hecktor.normalise import normalise_ct, normalise_pet
+from hecktor.preprocess.normalise import normalise_ct, normalise_pet
 
 
 def test_ct_is_clipped_then_z_scored():

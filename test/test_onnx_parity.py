@@ -18,17 +18,22 @@ import torch
 from helpers import sts_training_layout
 from torch import nn
 
-from hecktor.cli import main as cli_main
-from hecktor.geometry import sub_grid
-from hecktor.manifest import DEFAULT_WEIGHTS_DIR, ManifestError, load_manifest
-from hecktor.preprocess import extract_roi
-from hecktor.read import read_case
+from hecktor.apps.cli import main as cli_main
+from hecktor.core.files import sha256_of
+from hecktor.core.geometry import sub_grid
+from hecktor.core.manifest import DEFAULT_WEIGHTS_DIR, ManifestError, load_manifest
+from hecktor.core.types import Roi
+from hecktor.io.read import read_case
+from hecktor.preprocess.roi import extract_roi
 from hecktor.segment.ensemble import load_ensemble
-from hecktor.segment.networks import build_network
 from hecktor.segment.onnx_backend import load_onnx
-from hecktor.segment.onnx_export import CentredNorm, export_manifest_to_onnx, export_member_to_onnx, with_centred_norms
-from hecktor.segment.weights import sha256_of
-from hecktor.types import Roi
+from hecktor.segment.torch_backend.networks import build_network
+from hecktor.segment.torch_backend.onnx_export import (
+    CentredNorm,
+    export_manifest_to_onnx,
+    export_member_to_onnx,
+    with_centred_norms,
+)
 from training.make_random_weights import make_random_weights
 
 TINY_SEGRESNET = {
@@ -231,7 +236,7 @@ def test_numpy_onnx_engine_matches_torch_engine_over_many_windows(tmp_path: Path
 
 
 def _phantom_case(folder: Path, phantom) -> Path:
-    from hecktor.phantom import write_platform_case
+    from hecktor.io.phantom import write_platform_case
 
     write_platform_case(phantom, folder)
     return folder

@@ -1,7 +1,7 @@
 """The Tasks 2/3 image network (seed 000) on SYNTHETIC phantoms with a planted image-outcome relation.
 
 One tiny network (ResNet-18 widths 8-64 on a 32^3 patch of a 3 mm ROI grid) is trained once per module on 48
-phantoms (hecktor.phantom.synthetic_outcome: HPV-positive phantoms have bigger nodes and a smaller primary, RFS
+phantoms (hecktor.io.phantom.synthetic_outcome: HPV-positive phantoms have bigger nodes and a smaller primary, RFS
 is shorter with more uptake and volume); its clinical inputs are noise, so what it learns comes from the images.
 Measured (2-core CPU, one thread): samples ~8 s, training 25 epochs ~12 s; held-out C-index 0.69, balanced
 accuracy 0.82. The exported files, loaded the container's way, must give the training-time predictions.
@@ -22,18 +22,10 @@ import numpy as np
 import pytest
 import torch
 
-from hecktor.clinical import clinical_record_from_mapping
-from hecktor.manifest import Manifest, ManifestError, load_manifest, manifest_from_json, manifest_json
-from hecktor.measure import measure
-from hecktor.outcome.inputs import hazard_risk, lesion_patch
-from hecktor.outcome.network import OutcomeArchitecture
-from hecktor.outcome.runtime import (
-    LoadedOutcomeNetwork,
-    load_outcome_network,
-    outcome_network_or_none,
-    predict_tasks_2_3,
-)
-from hecktor.phantom import (
+from hecktor.core.manifest import Manifest, ManifestError, load_manifest, manifest_from_json, manifest_json
+from hecktor.core.types import Case, ClinicalRecord
+from hecktor.io.clinical import clinical_record_from_mapping
+from hecktor.io.phantom import (
     PhantomGeometry,
     make_training_phantom,
     synthetic_outcome,
@@ -41,10 +33,18 @@ from hecktor.phantom import (
     write_outcome_table,
     write_training_dataset,
 )
+from hecktor.measure.lesions import measure
+from hecktor.outcome.inputs import hazard_risk, lesion_patch
+from hecktor.outcome.predict import predict
+from hecktor.outcome.runtime import (
+    LoadedOutcomeNetwork,
+    load_outcome_network,
+    outcome_network_or_none,
+    predict_tasks_2_3,
+)
+from hecktor.outcome.torch_backend.network import OutcomeArchitecture
 from hecktor.pipeline import Pipeline
-from hecktor.predict import predict
-from hecktor.preprocess import extract_roi
-from hecktor.types import Case, ClinicalRecord
+from hecktor.preprocess.roi import extract_roi
 from training.outcome_data import OutcomeSample, make_sample
 from training.outcome_export import export_outcome_model
 from training.outcome_train import OutcomeTrainSettings, evaluate_outputs, predict_samples, train_outcome_network
@@ -262,7 +262,7 @@ def test_the_onnx_path_imports_no_torch(exported: Path) -> None:
     script = f"""
 import sys
 from pathlib import Path
-from hecktor.manifest import load_manifest
+from hecktor.core.manifest import load_manifest
 from hecktor.outcome.runtime import outcome_network_or_none
 import hecktor.pipeline
 manifest = load_manifest(Path({str(exported)!r}))
@@ -280,7 +280,7 @@ def test_the_training_cli_prepares_trains_resumes_and_exports(tmp_path: Path, sh
     table = write_outcome_table(dataset)
     base = tmp_path / "base"
     shutil.copytree(shipped_manifest.weights_dir, base)
-    from hecktor.manifest import write_manifest
+    from hecktor.core.manifest import write_manifest
 
     write_manifest(replace(_preprocess(load_manifest(base)), weights_dir=base.absolute()))
     work = tmp_path / "work"
@@ -341,7 +341,7 @@ def test_the_training_cli_prepares_trains_resumes_and_exports(tmp_path: Path, sh
 def test_the_default_network_matches_monai_resnet18() -> None:
     from monai.networks.nets import resnet18
 
-    from hecktor.outcome.network import OutcomeNetwork
+    from hecktor.outcome.torch_backend.network import OutcomeNetwork
 
     ours = OutcomeNetwork(OutcomeArchitecture(conv1_stride=1)).backbone
     reference = resnet18(spatial_dims=3, n_input_channels=2, feed_forward=False)

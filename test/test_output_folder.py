@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from helpers import REPO, files_under
 
-from hecktor.cli import EXIT_OUTPUT_ERROR
-from hecktor.write import RFS_PATH, STAGING_PREFIX
+from hecktor.apps.cli import EXIT_OUTPUT_ERROR
+from hecktor.io.write import RFS_PATH, STAGING_PREFIX
 
 SAMPLE_CASE = REPO / "test" / "sample-case"
 NOBODY = 65534
@@ -88,9 +88,9 @@ def as_nobody_popen_args() -> dict[str, object]:
 # needs as root, drops to 65534 and calls the entry point's function.
 DROP_PRIVILEGES_THEN_RUN = """
     import os, sys
-    import hecktor.cli, hecktor.pipeline
+    import hecktor.apps.cli, hecktor.pipeline
     os.setgroups([]); os.setgid({uid}); os.setuid({uid})
-    sys.exit(hecktor.cli.inference_main(sys.argv[1:]))
+    sys.exit(hecktor.apps.cli.inference_main(sys.argv[1:]))
 """
 
 

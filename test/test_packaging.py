@@ -42,7 +42,11 @@ FLAVOURS = {
                                       "nvidia-cudnn-cu13", "nvidia-cuda-runtime", "nvidia-cublas", "cuda-toolkit"}),
     "requirements/torch.txt": ({"torch": "2.13.0", "safetensors": "0.8.0", "monai": "1.6.1"},
                                {"onnxruntime", "onnxruntime-gpu"}),
-    "requirements.txt": ({"torch": "2.13.0", "onnxruntime": "1.26.0", "onnx": "1.23.2"}, {"onnxruntime-gpu"}),
+    # The local set (README's first set-up command): no torch, so nothing of CUDA is downloaded.
+    "requirements.txt": ({"onnxruntime": "1.26.0", "matplotlib": "3.11.2", "tqdm": "4.70.1"},
+                         {"onnxruntime-gpu", "torch", "nvidia-cudnn-cu12", "nvidia-cudnn-cu13", "cuda-toolkit",
+                          "triton"}),
+    "requirements/ray.txt": ({"ray": "2.60.0"}, {"torch", "onnxruntime-gpu"}),
     # The training image (training/Dockerfile): nnU-Net v2 on the product's pins, the CUDA 13 torch.
     "training/requirements.txt": ({"nnunetv2": "2.8.1", "torch": "2.13.0", "torchvision": "0.28.0",
                                    "numpy": "2.4.6", "scipy": "1.17.1", "simpleitk": "2.5.7", "pandas": "3.1.1",
@@ -57,7 +61,7 @@ FLAVOURS = {
 # the core and so of every set: the inference image builds those wheels in its "sdists" stage (Dockerfile), the
 # training image lets pip build them and acvl-utils (training/Dockerfile: --only-binary=:all: --no-binary=NAMES).
 CORE_SDISTS = ("pyradiomics-bhklab", "docopt")
-SDIST_ONLY = {name: CORE_SDISTS for name in FLAVOURS}
+SDIST_ONLY = {name: CORE_SDISTS for name in FLAVOURS if name != "requirements/ray.txt"}  # ray.txt: ray alone
 SDIST_ONLY["training/requirements.txt"] = ("acvl-utils", *CORE_SDISTS)
 # A wheel built here carries the generic tag of a local build (like the one the image's sdists stage builds on the
 # image's own Python), which PyPI never serves: the dry runs that offer such wheels accept that tag too.
@@ -201,7 +205,7 @@ def test_wheel_holds_the_package_and_nothing_else(tmp_path: Path) -> None:
     assert packaged == expected, (sorted(packaged - expected), sorted(expected - packaged))
 
     entry_points = zipfile.ZipFile(wheel).read("hecktor-0.1.0.dist-info/entry_points.txt").decode()
-    assert "hecktor-inference = hecktor.cli:inference_main" in entry_points
+    assert "hecktor-inference = hecktor.apps.cli:inference_main" in entry_points
     metadata = zipfile.ZipFile(wheel).read("hecktor-0.1.0.dist-info/METADATA").decode()
     assert "Requires-Python: >=3.11" in metadata
 
@@ -214,7 +218,10 @@ def test_requirement_files_include_the_core_once() -> None:
         text = (REPO / f"requirements/{flavour}.txt").read_text()
         assert "-r core.txt" in text.splitlines(), flavour
         assert not core.keys() & pins(REPO / f"requirements/{flavour}.txt").keys(), flavour
-    assert "-r requirements/torch.txt" in (REPO / "requirements.txt").read_text().splitlines()
+    local = (REPO / "requirements.txt").read_text().splitlines()
+    assert "-r requirements/core.txt" in local and "-r requirements/torch.txt" not in local
+    dev = (REPO / "requirements-dev.txt").read_text().splitlines()
+    assert {"-r requirements.txt", "-r requirements/torch.txt", "-r requirements/ray.txt"} <= set(dev)
     local_file, local_name, image_file, image_name = SAME_RELEASE
     assert pins(REPO / local_file)[local_name] == pins(REPO / image_file)[image_name]
     # Packages that the package never imports stay out (dynamic-network-architectures drags in timm/torchvision).

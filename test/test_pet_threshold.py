@@ -10,14 +10,14 @@ import pytest
 import SimpleITK as sitk
 from helpers import STS_CASES, require_sts
 
-from hecktor.manifest import Manifest
-from hecktor.metrics import dice
-from hecktor.phantom import GTVN_SPHERES, GTVP_SPHERE
-from hecktor.preprocess import extract_roi
-from hecktor.read import read_image
+from hecktor.core.manifest import Manifest
+from hecktor.core.metrics import dice
+from hecktor.core.types import LABEL_GTVN, LABEL_GTVP, Case, ClinicalRecord
+from hecktor.io.phantom import GTVN_SPHERES, GTVP_SPHERE
+from hecktor.io.read import read_image
+from hecktor.preprocess.roi import extract_roi
 from hecktor.restore import restore_to_ct_grid
 from hecktor.segment.pet_threshold import Lesion, PetThresholdEngine, assign_labels, find_lesions
-from hecktor.types import LABEL_GTVN, LABEL_GTVP, Case, ClinicalRecord
 
 MIN_STS_DICE = 0.35  # measured 0.48 / 0.46 / 0.66 (PET grid) with the shipped parameters
 

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from helpers import clinical_training_module, independent_score
 
-from hecktor.manifest import DEFAULT_WEIGHTS_DIR, ManifestError
-from hecktor.metrics import harrell_c_index
-from hecktor.predict import (
+from hecktor.core.manifest import DEFAULT_WEIGHTS_DIR, ManifestError
+from hecktor.core.metrics import harrell_c_index
+from hecktor.core.types import ClinicalRecord, Measurements
+from hecktor.outcome.predict import (
     MISSING_SUFFIX,
     RAW_FEATURES,
     ClinicalModels,
@@ -25,7 +26,6 @@ from hecktor.predict import (
     predict_from_features,
     raw_features,
 )
-from hecktor.types import ClinicalRecord, Measurements
 
 RFS_JSON = DEFAULT_WEIGHTS_DIR / "rfs_model.json"
 HPV_JSON = DEFAULT_WEIGHTS_DIR / "hpv_model.json"
@@ -471,7 +471,7 @@ def test_predict_from_features_matches_predict(models: ClinicalModels) -> None:
 def test_radiomics_reach_a_model_that_uses_them(tmp_path: Path) -> None:
     """A model trained on a radiomics table scores run-time radiomics by name: 0.5 * (value - 10) / 2 by hand;
     an unknown or non-finite radiomics value takes the imputation value (term 0)."""
-    from hecktor.radiomics import FEATURE_NAMES
+    from hecktor.measure.radiomics import FEATURE_NAMES
 
     name = FEATURE_NAMES[0]
     hpv = {**SYNTHETIC_HPV, "columns": [name], "impute_values": {name: 10.0}, "means": [10.0], "stds": [2.0],

@@ -10,11 +10,11 @@ import SimpleITK as sitk
 from case_variants import stored_flipped
 from helpers import STS_CASES, require_sts
 
-from hecktor.geometry import frame_bounds, patient_frame
-from hecktor.phantom import PhantomGeometry, make_phantom
-from hecktor.preprocess import common_extent, extract_roi, locate_brain
-from hecktor.read import read_image
-from hecktor.types import Case, ClinicalRecord, InputError
+from hecktor.core.geometry import frame_bounds, patient_frame
+from hecktor.core.types import Case, ClinicalRecord, InputError
+from hecktor.io.phantom import PhantomGeometry, make_phantom
+from hecktor.io.read import read_image
+from hecktor.preprocess.roi import common_extent, extract_roi, locate_brain
 
 
 def _case(ct: sitk.Image, pet: sitk.Image) -> Case:

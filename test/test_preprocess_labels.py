@@ -12,11 +12,11 @@ import pytest
 import SimpleITK as sitk
 from helpers import STS_CASES, require_sts
 
-from hecktor.geometry import image_on_grid, make_grid
-from hecktor.manifest import load_manifest
-from hecktor.preprocess import extract_roi, label_volumes_ml, resample_labels_to_grid
-from hecktor.read import read_image
-from hecktor.types import Case, ClinicalRecord
+from hecktor.core.geometry import image_on_grid, make_grid
+from hecktor.core.manifest import load_manifest
+from hecktor.core.types import Case, ClinicalRecord
+from hecktor.io.read import read_image
+from hecktor.preprocess.roi import extract_roi, label_volumes_ml, resample_labels_to_grid
 
 
 def _source_volume_ml(mask: sitk.Image, label: int) -> float:

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from helpers import CLINICAL_DIR
 
-from hecktor.clinical import clinical_record_from_mapping
+from hecktor.io.clinical import clinical_record_from_mapping
 from training.radcure import (
     HECKTOR_COLUMNS,
     PROVENANCE_COLUMNS,
@@ -163,12 +163,12 @@ def test_dropped_rows_are_logged(raw_radcure: pd.DataFrame, caplog: pytest.LogCa
 def test_product_reads_every_mapped_row_without_problems(
     radcure: pd.DataFrame, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The codes are the ones hecktor.clinical reads from ehr.json: no row yields a warning, and values agree."""
+    """The codes are the ones hecktor.io.clinical reads from ehr.json: no row yields a warning, and values agree."""
     keys = ("CenterID", "Age", "Gender", "Tobacco Consumption", "Alcohol Consumption", "Performance Status",
             "Treatment", "M-stage")  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="hecktor.clinical"):
+    with caplog.at_level(logging.WARNING, logger="hecktor.io.clinical"):
         records = [clinical_record_from_mapping({k: row[k] for k in keys}) for row in radcure.to_dict("records")]
-    assert not [rec for rec in caplog.records if rec.name == "hecktor.clinical"]
+    assert not [rec for rec in caplog.records if rec.name == "hecktor.io.clinical"]
     for row, record in zip(radcure.to_dict("records"), records, strict=True):
         assert record.center_id == RADCURE_CENTER_ID
         assert record.m_stage == 0.0

@@ -1,4 +1,4 @@
-"""Radiomics (hecktor.radiomics): IBSI's digital phantom, hand-computed values on synthetic images, the manifest
+"""Radiomics (hecktor.measure.radiomics): IBSI's digital phantom, hand-computed values on synthetic images, the manifest
 section, the measure stage, and training vs run time on a real sarcoma case.
 
 Reference values: IBSI 1 reference manual (Zwanenburg et al., arXiv:1612.07003), digital phantom (5 x 4 x 4
@@ -23,7 +23,8 @@ import pytest
 import SimpleITK as sitk
 from helpers import REPO, require_sts, sts_training_layout
 
-from hecktor.manifest import (
+from hecktor.apps.score_table import measured_from_row
+from hecktor.core.manifest import (
     DEFAULT_WEIGHTS_DIR,
     Manifest,
     ManifestError,
@@ -31,11 +32,16 @@ from hecktor.manifest import (
     manifest_from_json,
     manifest_json,
 )
-from hecktor.measure import measure
-from hecktor.radiomics import FEATURE_NAMES, FIRSTORDER_FEATURES, GLCM_FEATURES, SHAPE_FEATURES, radiomics_features
-from hecktor.read import read_case
-from hecktor.score_table import measured_from_row
-from hecktor.types import Measurements
+from hecktor.core.types import Measurements
+from hecktor.io.read import read_case
+from hecktor.measure.lesions import measure
+from hecktor.measure.radiomics import (
+    FEATURE_NAMES,
+    FIRSTORDER_FEATURES,
+    GLCM_FEATURES,
+    SHAPE_FEATURES,
+    radiomics_features,
+)
 
 pytest.importorskip("radiomics", reason="pyradiomics-bhklab (requirements/core.txt) is not installed")
 

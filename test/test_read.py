@@ -9,9 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers import require_sts
 
-from hecktor.read import MAX_VOXELS, find_case_files, read_case, read_image
-from hecktor.types import InputError
+from hecktor.core.manifest import DEFAULT_WEIGHTS_DIR, load_manifest
+from hecktor.core.policy import apply_input_policy
+from hecktor.core.types import InputError
+from hecktor.io.read import MAX_VOXELS, find_case_files, read_case, read_image
+from hecktor.pipeline import Pipeline
 
 
 def test_platform_layout_is_read(phantom_case_dir):
@@ -146,3 +150,92 @@ def test_a_known_bqml_factor_replaces_the_unit_detection(tmp_path, phantom):
     assert any(p.code == "pet-bqml" for p in estimated.problems)
     with pytest.raises(InputError, match="factor must be a positive number"):
         read_case(tmp_path, known_suv_factor=-1.0)
+
+
+# --- CT and PET given the wrong way round ------------------------------------------------------------------
+
+
+def _swapped_training_case(folder: Path, ct: Path, pet: Path, case_id: str) -> Path:
+    """A training-layout case whose __CT file is the PET and whose __PT file is the CT."""
+    folder.mkdir()
+    (folder / f"{case_id}__CT.nii.gz").symlink_to(pet)
+    (folder / f"{case_id}__PT.nii.gz").symlink_to(ct)
+    return folder
+
+
+def _arrays(image: sitk.Image) -> np.ndarray:
+    return sitk.GetArrayFromImage(image)
+
+
+def _assert_swap_recognised(swapped_dir: Path, reference_dir: Path, case_id: str) -> None:
+    reference, case = read_case(reference_dir), read_case(swapped_dir)
+    [problem] = [p for p in case.problems if p.code == "ct-pet-swapped"]
+    ct_file, pet_file = swapped_dir / f"{case_id}__CT.nii.gz", swapped_dir / f"{case_id}__PT.nii.gz"
+    assert "wrong way round" in problem.problem
+    assert str(ct_file) in problem.problem and str(pet_file) in problem.problem
+    assert not [p for p in case.problems if p.code == "pet-bqml"], "the old, misleading Bq/mL warning"
+    # Swapped back: exactly the images (and geometry) of the case given the right way round.
+    np.testing.assert_array_equal(_arrays(case.ct), _arrays(reference.ct))
+    np.testing.assert_array_equal(_arrays(case.pet), _arrays(reference.pet))
+    assert case.ct.GetSpacing() == reference.ct.GetSpacing() and case.ct.GetOrigin() == reference.ct.GetOrigin()
+    assert case.ct_path == pet_file and case.pet_path == ct_file
+    with pytest.raises(InputError) as refused:
+        apply_input_policy(case.problems, strict=True)
+    message = str(refused.value)
+    assert "wrong way round" in message and str(ct_file) in message and str(pet_file) in message
+    assert "Bq/mL" not in message
+
+
+def _training_case(folder: Path, ct: Path, pet: Path, case_id: str) -> Path:
+    folder.mkdir()
+    (folder / f"{case_id}__CT.nii.gz").symlink_to(ct)
+    (folder / f"{case_id}__PT.nii.gz").symlink_to(pet)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def phantom_images(tmp_path_factory: pytest.TempPathFactory, phantom) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("phantom_images")
+    sitk.WriteImage(phantom.ct, str(folder / "ct.nii.gz"))
+    sitk.WriteImage(phantom.pet, str(folder / "pet.nii.gz"))
+    return folder / "ct.nii.gz", folder / "pet.nii.gz"
+
+
+def test_swapped_phantom_is_swapped_back_by_default_and_refused_in_strict(tmp_path, phantom_images):
+    ct, pet = phantom_images
+    swapped = _swapped_training_case(tmp_path / "swapped", ct, pet, "P1")
+    _assert_swap_recognised(swapped, _training_case(tmp_path / "right", ct, pet, "P1"), "P1")
+
+
+def test_swapped_phantom_gives_the_labels_of_the_unswapped_run(tmp_path, phantom_images):
+    ct, pet = phantom_images
+    pipeline = Pipeline(load_manifest(DEFAULT_WEIGHTS_DIR))
+    right = pipeline.run(_training_case(tmp_path / "right", ct, pet, "P1"), frozenset({1}))
+    swapped = pipeline.run(_swapped_training_case(tmp_path / "swapped", ct, pet, "P1"), frozenset({1}))
+    assert _arrays(right.labels).any()
+    np.testing.assert_array_equal(_arrays(swapped.labels), _arrays(right.labels))
+    assert swapped.labels.GetSize() == right.labels.GetSize()
+
+
+def test_a_pet_in_the_cts_place_beside_a_pet_is_refused_naming_the_ct(tmp_path, phantom_images):
+    _, pet = phantom_images
+    folder = _training_case(tmp_path / "two-pets", pet, pet, "P1")
+    with pytest.raises(InputError, match=r"P1__CT\.nii\.gz.*does not look like a CT in Hounsfield units"):
+        read_case(folder)
+
+
+def test_swapped_real_case_is_recognised(tmp_path):
+    sts = require_sts()
+    ct, pet = sts / "STS_001_CT_image.nii.gz", sts / "STS_001_PET_image.nii.gz"
+    swapped = _swapped_training_case(tmp_path / "swapped", ct, pet, "STS_001")
+    _assert_swap_recognised(swapped, _training_case(tmp_path / "right", ct, pet, "STS_001"), "STS_001")
+
+
+@pytest.mark.slow
+def test_swapped_real_case_gives_the_labels_of_the_unswapped_run(tmp_path):
+    sts = require_sts()
+    ct, pet = sts / "STS_001_CT_image.nii.gz", sts / "STS_001_PET_image.nii.gz"
+    pipeline = Pipeline(load_manifest(DEFAULT_WEIGHTS_DIR))
+    right = pipeline.run(_training_case(tmp_path / "right", ct, pet, "STS_001"), frozenset({1}))
+    swapped = pipeline.run(_swapped_training_case(tmp_path / "swapped", ct, pet, "STS_001"), frozenset({1}))
+    np.testing.assert_array_equal(_arrays(swapped.labels), _arrays(right.labels))

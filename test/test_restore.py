@@ -7,10 +7,10 @@ from dataclasses import replace
 import numpy as np
 import SimpleITK as sitk
 
-from hecktor.geometry import make_grid
-from hecktor.manifest import Manifest, PostprocessConfig
+from hecktor.core.geometry import make_grid
+from hecktor.core.manifest import Manifest, PostprocessConfig
+from hecktor.core.types import Probabilities
 from hecktor.restore import compose_labels, postprocess_labels, restore_to_ct_grid
-from hecktor.types import Probabilities
 
 
 def test_ties_go_to_the_primary_tumour_first():
@@ -73,7 +73,7 @@ def test_empty_probabilities_give_an_all_background_image(shipped_manifest: Mani
 
 def test_restoring_only_the_lesion_box_equals_restoring_the_whole_roi(shipped_manifest: Manifest):
     """The candidate-box shortcut must not change a single voxel (soft, overlapping probabilities)."""
-    from hecktor.geometry import image_on_grid, resample_to_grid
+    from hecktor.core.geometry import image_on_grid, resample_to_grid
 
     ct = _oblique_ct()
     grid = make_grid(np.asarray(ct.TransformContinuousIndexToPhysicalPoint([30, 25, 20])), (40, 40, 60), 1.0,

@@ -8,7 +8,7 @@ import numpy as np
 import SimpleITK as sitk
 from helpers import REPO
 
-from hecktor.phantom import SAMPLE_EHR, make_phantom
+from hecktor.io.phantom import SAMPLE_EHR, make_phantom
 
 
 def test_committed_sample_matches_the_generator(phantom):

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from helpers import CLINICAL_DIR, independent_score
 
-from hecktor.manifest import DEFAULT_WEIGHTS_DIR
-from hecktor.metrics import balanced_accuracy, harrell_c_index
-from hecktor.predict import ClinicalModels, load_clinical_models
-from hecktor.score_table import OUTPUT_COLUMNS, score_table
-from hecktor.types import InputError
+from hecktor.apps.score_table import OUTPUT_COLUMNS, score_table, unknown_columns
+from hecktor.core.manifest import DEFAULT_WEIGHTS_DIR
+from hecktor.core.metrics import balanced_accuracy, harrell_c_index
+from hecktor.core.types import InputError
+from hecktor.outcome.predict import ClinicalModels, load_clinical_models
 
 RFS_JSON = DEFAULT_WEIGHTS_DIR / "rfs_model.json"
 HPV_JSON = DEFAULT_WEIGHTS_DIR / "hpv_model.json"
@@ -263,7 +263,7 @@ M_STAGE = {"m0": 0.0, "m1": 1.0}
 def _independent_features(table: pd.DataFrame) -> pd.DataFrame:
     """Every candidate feature from the HECKTOR table layout with pandas only; NaN = unknown.
 
-    Written from the documented feature definitions (hecktor.predict.RAW_FEATURES and the model card),
+    Written from the documented feature definitions (hecktor.outcome.predict.RAW_FEATURES and the model card),
     not from the runtime code. Absent columns are all-unknown.
     """
 
@@ -335,7 +335,7 @@ def test_real_table_equals_independent_recomputation(real_table: pd.DataFrame, r
 
 
 def test_real_table_metrics_with_independent_libraries(real_table: pd.DataFrame, real_scores: pd.DataFrame) -> None:
-    """In-sample figures computed by scikit-survival / scikit-learn agree with hecktor.metrics, and are not
+    """In-sample figures computed by scikit-survival / scikit-learn agree with hecktor.core.metrics, and are not
     below the honest nested leave-one-centre-out figures recorded in the model JSONs (models fitted on these
     very patients, among others, do not do worse on them than on unseen centres)."""
     sksurv_metrics = pytest.importorskip("sksurv.metrics", reason="scikit-survival (dev requirement) not installed")
@@ -352,3 +352,40 @@ def test_real_table_metrics_with_independent_libraries(real_table: pd.DataFrame,
     ba = sklearn_metrics.balanced_accuracy_score(truth, called)
     assert balanced_accuracy(truth, called) == pytest.approx(ba, abs=1e-12)
     assert ba >= json.loads(HPV_JSON.read_text())["nested_headline"]["HECKTOR centres pooled (LOCO)"]["value"]
+
+
+def _table_with_columns(path: Path, extra: dict[str, object]) -> Path:
+    row = {"PatientID": "P1", "CenterID": 3, "Age": 60, "Gender": 1, "HPV Status": 1, "Relapse": 0, "RFS": 900,
+           "T-stage": "T2", "N-stage": "N1", "M-stage": "M0", "GTVp_volume_ml": 12.0, **extra}
+    pd.DataFrame([row]).to_csv(path, index=False)
+    return path
+
+
+def test_unknown_columns_are_warned_with_the_nearest_known_name(tmp_path: Path, synthetic: ClinicalModels,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    table = _table_with_columns(tmp_path / "in.csv", {"Agee": 61, "Tobaco Consumption": 1, "Comment": "x"})
+    with caplog.at_level("WARNING"):
+        assert score_table(table, tmp_path / "out.csv", synthetic) == 1
+    [warning] = [r.getMessage() for r in caplog.records if "unknown column" in r.getMessage()]
+    assert "3 unknown column(s)" in warning
+    assert "'Agee': did you mean 'Age'?" in warning
+    assert "'Tobaco Consumption': did you mean 'Tobacco Consumption'?" in warning
+    assert "'Comment' matches no known column" in warning
+    for known in ("CenterID", "M-stage", "Relapse", "RFS", "T-stage", "N-stage", "GTVp_volume_ml", "HPV Status"):
+        assert f"'{known}'" not in warning
+
+
+def test_unknown_columns_are_refused_in_strict_mode(tmp_path: Path, synthetic: ClinicalModels) -> None:
+    table = _table_with_columns(tmp_path / "in.csv", {"Agee": 61})
+    with pytest.raises(InputError, match=r"in\.csv.*'Agee': did you mean 'Age'\?"):
+        score_table(table, tmp_path / "out.csv", synthetic, strict=True)
+    assert not (tmp_path / "out.csv").exists()
+    known_only = _table_with_columns(tmp_path / "known.csv", {})
+    assert score_table(known_only, tmp_path / "out.csv", synthetic, strict=True) == 1
+
+
+def test_the_training_table_has_no_unknown_columns() -> None:
+    table = CLINICAL_DIR / "hecktor2025_training_dev_centers.csv"
+    if not table.is_file():
+        pytest.skip(f"{table} not found (../shared/data is not mounted)")
+    assert unknown_columns(list(pd.read_csv(table, nrows=1).columns)) == []

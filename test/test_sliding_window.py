@@ -10,7 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from hecktor.segment import windows
-from hecktor.segment.sliding_window import (
+from hecktor.segment.torch_backend.sliding_window import (
     WindowSettings,
     gaussian_importance_map,
     mirror_combinations,

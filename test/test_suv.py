@@ -7,8 +7,8 @@ import pytest
 import SimpleITK as sitk
 from helpers import CLINICAL_DIR, STS_DIR, require_sts
 
-from hecktor.phantom import PhantomGeometry, make_phantom
-from hecktor.suv import to_suv
+from hecktor.io.phantom import PhantomGeometry, make_phantom
+from hecktor.io.suv import to_suv
 
 
 def test_suv_input_is_left_alone(phantom):

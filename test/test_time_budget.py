@@ -18,12 +18,12 @@ import pytest
 import SimpleITK as sitk
 from helpers import REPO
 
-from hecktor.cli import case_deadline
-from hecktor.geometry import make_grid
-from hecktor.manifest import DEFAULT_WEIGHTS_DIR, load_manifest
-from hecktor.normalise import normalise_ct, normalise_pet
+from hecktor.apps.cli import case_deadline
+from hecktor.core.geometry import make_grid
+from hecktor.core.manifest import DEFAULT_WEIGHTS_DIR, load_manifest
+from hecktor.core.types import Roi
+from hecktor.preprocess.normalise import normalise_ct, normalise_pet
 from hecktor.segment.ensemble import load_ensemble, plan_inference
-from hecktor.types import Roi
 
 TINY_STUNET = {"dims": (4, 8, 8, 8), "depth": (1, 1, 1, 1), "pool_op_kernel_sizes": ((2, 2, 2),) * 3,
                "conv_kernel_sizes": ((3, 3, 3),) * 4}
@@ -112,7 +112,7 @@ def test_engine_runs_as_configured_when_time_is_ample(tmp_path, caplog):
 _WITHOUT_TORCH = """
 import sys
 sys.modules["torch"] = None  # any "import torch" now fails: the image of this flavour has no torch
-from hecktor.cli import main
+from hecktor.apps.cli import main
 code = main(["run", "--input", sys.argv[1], "--output", sys.argv[2], "--weights-dir", sys.argv[3]])
 assert sys.modules["torch"] is None
 sys.exit(code)
@@ -151,7 +151,8 @@ class _SlowedRunner:
 
 
 def test_engine_replans_after_each_member_when_the_machine_slows_down(tmp_path, caplog):
-    from hecktor.segment.ensemble import NETWORK_RESERVE_S, EnsembleEngine, LoadedMember
+    from hecktor.segment.backend import LoadedMember
+    from hecktor.segment.ensemble import NETWORK_RESERVE_S, EnsembleEngine
     from hecktor.segment.windows import WindowSettings
 
     configs = load_manifest(_tiny_ensemble(tmp_path)).ensemble.members

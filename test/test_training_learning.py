@@ -26,9 +26,9 @@ import pytest
 import SimpleITK as sitk
 from training_chain import REPO, Chain, build_chain
 
-from hecktor.metrics import aggregated_dice, dice
-from hecktor.phantom import make_training_phantom, write_platform_case
-from hecktor.types import LABEL_GTVN, LABEL_GTVP
+from hecktor.core.metrics import aggregated_dice, dice
+from hecktor.core.types import LABEL_GTVN, LABEL_GTVP
+from hecktor.io.phantom import make_training_phantom, write_platform_case
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("nnunetv2", reason="nnU-Net v2 is needed for the training chain (requirements-dev.txt)")

@@ -1,4 +1,4 @@
-"""SYNTHETIC training datasets (hecktor.phantom.write_training_dataset): layout, labels, units, determinism.
+"""SYNTHETIC training datasets (hecktor.io.phantom.write_training_dataset): layout, labels, units, determinism.
 
 Every image here is an analytic phantom, never patient data. The checks measure the written files
 independently of the generator (connected components, SUV inside the labels) and compare them with
@@ -20,7 +20,8 @@ import SimpleITK as sitk
 from helpers import CLINICAL_DIR
 from scipy import ndimage
 
-from hecktor.phantom import (
+from hecktor.core.types import LABEL_GTVN, LABEL_GTVP
+from hecktor.io.phantom import (
     CENTER_IDS,
     GTVP_SPHERE,
     PhantomGeometry,
@@ -31,14 +32,13 @@ from hecktor.phantom import (
     training_case_seed,
     write_training_dataset,
 )
-from hecktor.read import read_case
-from hecktor.types import LABEL_GTVN, LABEL_GTVP
+from hecktor.io.read import read_case
 
 N_CASES = 8  # two of them (the 4th and 8th) stored in Bq/mL
 BQML_COLUMNS = ["pid", "units", "patient_weight_kg", "radiopharmaceutical", "radionuclide_total_dose_bq",
                 "radionuclide_half_life_sec", "elapsed_seconds_injection_to_scan", "decay_corrected_dose_at_scan_bq",
                 "dose_for_suv_bq", "bqml_to_suvbw_factor"]
-# sha256 of make_phantom()'s arrays, computed with hecktor/phantom.py BEFORE the training generator was added.
+# sha256 of make_phantom()'s arrays, computed with hecktor/io/phantom.py BEFORE the training generator was added.
 MAKE_PHANTOM_SHA256 = {
     "ct": "439b8fd2c24650b503d24e8ed7b7dd679fdd08b6d85a343bb849f76dd0105800",
     "pet": "f655e044b365c36dcd471bf66471da992dde51df8f7ea29767d6cabf7cde7074",

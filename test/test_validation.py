@@ -1,4 +1,4 @@
-"""hecktor.validation: patient k-fold, centre-out and leave-one-group-out folds, bootstrap intervals; and the
+"""hecktor.core.validation: patient k-fold, centre-out and leave-one-group-out folds, bootstrap intervals; and the
 reproducibility of the clinical training script (byte-identical model JSON whatever the BLAS kernel or threads).
 
 Real data (the five HECKTOR 2025 development centres) is read from ../shared/data/clinical; tests that need it
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from helpers import CLINICAL_DIR, REPO, clinical_training_module
 
-from hecktor.validation import (
+from hecktor.core.validation import (
     BootstrapCI,
     Fold,
     bootstrap_ci,
@@ -204,7 +204,7 @@ def test_centre_out_on_the_real_centres_holds_out_one_large_or_a_pair_of_small(n
 
 
 def _legacy_bootstrap_ci(stat: Callable[[np.ndarray], float], strata: np.ndarray, n_boot: int, seed: int):
-    """The clinical script's interval before it moved to hecktor.validation (verbatim), to pin the semantics."""
+    """The clinical script's interval before it moved to hecktor.core.validation (verbatim), to pin the semantics."""
     rng = np.random.default_rng(seed)
     groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
     values = []

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hecktor.manifest import ManifestError
-from hecktor.segment.networks import build_network
+from hecktor.core.files import sha256_of
+from hecktor.core.manifest import ManifestError
 from hecktor.segment.onnx_backend import load_onnx
-from hecktor.segment.torch_backend import load_safetensors
-from hecktor.segment.weights import sha256_of
+from hecktor.segment.torch_backend.networks import build_network
+from hecktor.segment.torch_backend.runner import load_safetensors
 from training.make_random_weights import make_random_weights
 
 TINY_STUNET = {"dims": (4, 8, 8, 8, 8, 8)}

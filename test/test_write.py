@@ -1,7 +1,10 @@
-"""Staged, all-or-nothing output sets (hecktor.write): staging, commit, recovery after kills, modes."""
+"""Staged, all-or-nothing output sets (hecktor.io.write): staging, commit, recovery after kills, modes."""
 
 from __future__ import annotations
 
+import collections
+import errno
+import hashlib
 import json
 import os
 import signal
@@ -17,15 +20,16 @@ import pytest
 import SimpleITK as sitk
 from helpers import REPO, files_under
 
-from hecktor.write import (
+from hecktor.core.files import atomic_write
+from hecktor.io.write import (
     HPV_PATH,
     RFS_PATH,
     SEGMENTATION_PATH,
     STAGING_PREFIX,
     OutputError,
     StagedOutputs,
-    atomic_write,
     case_targets,
+    folder_locked,
     recover_stale_staging,
     stage_case_outputs,
 )
@@ -143,8 +147,8 @@ def test_modes_are_readable_by_other_users_whatever_the_umask(tmp_path):
 KILLED_AFTER_FIRST_RENAME = """
     import os, signal, sys
     from pathlib import Path
-    from hecktor import write
-    from hecktor.write import RFS_PATH, StagedOutputs, case_targets, stage_case_outputs
+    from hecktor.io import write
+    from hecktor.io.write import RFS_PATH, StagedOutputs, case_targets, stage_case_outputs
     import SimpleITK as sitk
 
     out = Path(sys.argv[1])
@@ -188,7 +192,7 @@ def test_a_run_killed_before_its_commit_is_deleted_at_the_next_start(tmp_path):
 HOLDS_STAGING_OPEN = """
     import sys
     from pathlib import Path
-    from hecktor.write import RFS_PATH, StagedOutputs
+    from hecktor.io.write import RFS_PATH, StagedOutputs
 
     with StagedOutputs(Path(sys.argv[1]), [RFS_PATH]) as outputs:
         outputs.stage_json(RFS_PATH, 3.0)
@@ -217,7 +221,8 @@ def test_the_staging_folder_of_a_live_process_is_left_alone(tmp_path):
         if child.poll() is None:
             child.kill()
             child.wait()
-    assert visible_outputs(out) == {RFS_PATH, HPV_PATH}
+    # The child's commit came last and replaced the set as a whole: HPV status belonged to the other run's set.
+    assert visible_outputs(out) == {RFS_PATH}
     assert staging_folders(out) == []
 
 
@@ -247,3 +252,162 @@ def test_atomic_write_replaces_whole_files_readable_by_others(tmp_path):
         atomic_write(target, fail)
     assert target.read_text() == "a,b\n"
     assert files_under(tmp_path) == [target]
+
+
+# --- sets: a commit replaces the previous set as a whole -------------------------------------------------
+
+
+def snapshot(output_dir: Path) -> dict[Path, bytes]:
+    return {p: (output_dir / p).read_bytes() for p in visible_outputs(output_dir)}
+
+
+def commit_set(out: Path, tasks: set[int], rfs: float = 0.25, hpv: bool = True) -> None:
+    with StagedOutputs(out, case_targets(tasks)) as outputs:
+        stage_case_outputs(outputs, labels=labels_image() if 1 in tasks else None,
+                           rfs_risk=rfs if 2 in tasks else None, hpv_positive=hpv if 3 in tasks else None)
+        outputs.commit()
+
+
+def test_a_commit_replaces_the_previous_set_as_a_whole(tmp_path):
+    out = tmp_path / "out"
+    commit_set(out, {1, 2, 3}, rfs=0.25, hpv=True)
+    commit_set(out, {2}, rfs=0.5)
+    assert visible_outputs(out) == {RFS_PATH}, "files of the previous set must not stay beside the new one"
+    assert json.loads((out / RFS_PATH).read_text()) == 0.5
+    assert not (out / "images").exists(), "folders the previous set leaves empty are removed"
+    assert staging_folders(out) == []
+
+
+def test_a_commit_failing_at_its_second_rename_leaves_the_previous_set_byte_for_byte(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    commit_set(out, {1, 2, 3}, rfs=0.25, hpv=True)
+    before = snapshot(out)
+    real_replace = os.replace
+    new_file_moves = []
+
+    def second_rename_fails(src, dst, *args, **kwargs):
+        # Only the renames that publish staged files count; moving the old set aside and back goes through.
+        if f"{os.sep}files{os.sep}" in str(src) and STAGING_PREFIX in str(src):
+            new_file_moves.append(dst)
+            if len(new_file_moves) == 2:
+                raise OSError(errno.EIO, "injected failure", str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    with StagedOutputs(out, case_targets({1, 2, 3})) as outputs:
+        stage_all(outputs, rfs=0.75, hpv=False)
+        monkeypatch.setattr("hecktor.io.write.os.replace", second_rename_fails)
+        with pytest.raises(OutputError, match="input/output error"):
+            outputs.commit()
+    monkeypatch.undo()
+    assert len(new_file_moves) == 2
+    assert snapshot(out) == before
+    assert staging_folders(out) == []
+
+
+KILLED_IN_THE_COMMIT = """
+    import os, signal, sys
+    from pathlib import Path
+    from hecktor.io import write
+    from hecktor.io.write import StagedOutputs, case_targets, stage_case_outputs
+
+    out, kind, at = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    real_replace = os.replace
+    seen = []
+
+    def replace(src, dst, *args, **kwargs):
+        # kind "aside": moving the previous set into the backup; "publish": moving a new file into place.
+        moving = "aside" if f"{os.sep}backup{os.sep}" in str(dst) else "publish" if "/files/" in str(src) else ""
+        if moving == kind:
+            seen.append(dst)
+            if len(seen) == at:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real_replace(src, dst, *args, **kwargs)
+
+    with StagedOutputs(out, case_targets({2, 3})) as outputs:
+        stage_case_outputs(outputs, labels=None, rfs_risk=0.75, hpv_positive=False)
+        os.replace = replace
+        outputs.commit()
+"""
+
+
+@pytest.mark.parametrize(("kind", "at"), [("aside", 1), ("aside", 3), ("publish", 1), ("publish", 2)])
+def test_a_sigkill_in_any_state_of_the_commit_leaves_one_whole_set(tmp_path, kind, at):
+    """Killed while moving the old set aside (no marker): rolled back to the old set, byte for byte. Killed
+    while publishing (marker written): rolled forward to the new set, the old set's other files gone."""
+    out = tmp_path / "out"
+    commit_set(out, {1, 2, 3}, rfs=0.25, hpv=True)
+    before = snapshot(out)
+    result = run_child(KILLED_IN_THE_COMMIT, str(out), kind, str(at))
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    assert len(staging_folders(out)) == 1
+    recover_stale_staging(out)
+    assert staging_folders(out) == []
+    if kind == "aside":
+        assert snapshot(out) == before
+    else:
+        assert visible_outputs(out) == {RFS_PATH, HPV_PATH}
+        assert json.loads((out / RFS_PATH).read_text()) == 0.75
+        assert json.loads((out / HPV_PATH).read_text()) is False
+
+
+# --- two runs sharing a folder ----------------------------------------------------------------------------
+
+COMMITS_ITS_CASE = """
+    import hashlib, json, random, sys
+    from pathlib import Path
+    import numpy as np
+    import SimpleITK as sitk
+    from hecktor.io.write import StagedOutputs, case_targets, stage_case_outputs
+
+    out, case, commits = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    rng = random.Random(case)
+    value = 0.25 if case == "A" else 0.75
+    for number in range(commits):
+        tasks = sorted(rng.sample([1, 2, 3], rng.randint(1, 3)))  # sets of different shapes
+        targets = [*case_targets(tasks), Path("case.json")]
+        with StagedOutputs(out, targets, replaces=[*case_targets({1, 2, 3}), Path("case.json")]) as outputs:
+            labels = sitk.GetImageFromArray(np.full((3, 4, 5), 1 if case == "A" else 2, np.uint8))
+            stage_case_outputs(outputs, labels if 1 in tasks else None, value if 2 in tasks else None,
+                               (case == "A") if 3 in tasks else None)
+            staged = outputs.staging_dir / "files"
+            hashes = {str(p): hashlib.sha256((staged / p).read_bytes()).hexdigest() for p in case_targets(tasks)}
+            outputs.stage_json(Path("case.json"), {"case_id": case, "number": number, "sha256": hashes})
+            outputs.commit()
+"""
+
+
+def assert_one_whole_set(out: Path) -> str:
+    """The folder holds exactly the set its case.json describes, every file with the recorded sha256."""
+    record = json.loads((out / "case.json").read_text())
+    present = visible_outputs(out) - {Path("case.json")}
+    assert present == {Path(p) for p in record["sha256"]}, f"case {record['case_id']}: {present}"
+    for name, digest in record["sha256"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest, f"{name} of another set"
+    return record["case_id"]
+
+
+def test_two_runs_committing_into_one_folder_never_publish_a_mixed_set(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    commits = 60
+    writers = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(COMMITS_ITS_CASE), str(out), case,
+                                 str(commits)], cwd=REPO, stderr=subprocess.PIPE, text=True) for case in "AB"]
+    observed = collections.Counter()
+    try:
+        while any(w.poll() is None for w in writers):
+            # Between two commits (the folder lock held), the folder holds one whole set.
+            with folder_locked(out):
+                if (out / "case.json").exists():
+                    observed[assert_one_whole_set(out)] += 1
+            time.sleep(0.002)
+        for writer in writers:
+            assert writer.wait(timeout=120) == 0, writer.stderr.read()
+    finally:
+        for writer in writers:
+            if writer.poll() is None:
+                writer.kill()
+                writer.wait()
+    final = assert_one_whole_set(out)
+    assert staging_folders(out) == []
+    print(f"\n{2 * commits} commits by two processes; {sum(observed.values())} states observed under the lock "
+          f"({dict(observed)}), all whole sets; final set: case {final}")

@@ -16,8 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from hecktor.manifest import DEFAULT_WEIGHTS_DIR, MANIFEST_NAME
-from hecktor.phantom import TrainingDataset, write_training_dataset
+from hecktor.core.manifest import DEFAULT_WEIGHTS_DIR, MANIFEST_NAME
+from hecktor.io.phantom import TrainingDataset, write_training_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_STUNET_DIMS = ("4", "8", "8", "8", "8", "8")

@@ -153,7 +153,7 @@ def _run_outcome(args: argparse.Namespace, workspace: Workspace) -> int:
 
     train_dir = outcome_dir(workspace) / "train"
     if args.command == "outcome-prepare":
-        from hecktor.manifest import load_manifest
+        from hecktor.core.manifest import load_manifest
         from training.outcome_data import prepare_outcome_samples
         from training.prepare import read_suv_factors
 
@@ -222,7 +222,7 @@ def _run(args: argparse.Namespace, workspace: Workspace) -> int:
     if args.command.startswith("outcome-"):
         return _run_outcome(args, workspace)
     if args.command == "prepare":
-        from hecktor.manifest import load_manifest
+        from hecktor.core.manifest import load_manifest
         from training.prepare import format_summary, prepare_dataset, read_suv_factors
 
         config = load_manifest(args.preprocess_from or SHIPPED_MODEL_DIR).preprocess
@@ -262,7 +262,7 @@ def _run(args: argparse.Namespace, workspace: Workspace) -> int:
             write_report(args.json, report)
         return 0
     if args.command == "radiomics":
-        from hecktor.manifest import load_manifest
+        from hecktor.core.manifest import load_manifest
         from training.prepare import read_suv_factors
         from training.radiomics_table import radiomics_table, write_radiomics_csv
 

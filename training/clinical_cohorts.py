@@ -1,5 +1,5 @@
 """The training patients of the Task 2/3 models: the HECKTOR development centres and RADCURE, as one table of
-runtime features (:func:`hecktor.predict.raw_features`), labels, validation group and cohort.
+runtime features (:func:`hecktor.outcome.predict.raw_features`), labels, validation group and cohort.
 
 HECKTOR rows: the 2025 training table (clinical record, reference-mask volumes) joined with the HECKTOR 2022
 SUVmax table where a patient is in it. RADCURE rows: :func:`training.radcure.load_radcure` (its mapping and
@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hecktor.clinical import clinical_record_from_mapping
-from hecktor.predict import raw_features
-from hecktor.radiomics import FEATURE_NAMES as RADIOMICS_FEATURES
-from hecktor.validation import leave_one_group_out, patient_kfold
+from hecktor.core.validation import leave_one_group_out, patient_kfold
+from hecktor.io.clinical import clinical_record_from_mapping
+from hecktor.measure.radiomics import FEATURE_NAMES as RADIOMICS_FEATURES
+from hecktor.outcome.predict import raw_features
 from training.radcure import load_radcure
 
 __all__ = ["CENTRE_NAMES", "Cohorts", "load_cohorts", "load_hecktor", "load_radcure_cohort"]
@@ -114,7 +114,7 @@ def _cohorts_from_frame(frame: pd.DataFrame, source: str, cohort: str, measured:
 
 def load_hecktor(table: Path, suvmax: Path | None, radiomics: Path | None = None) -> Cohorts:
     """The HECKTOR development centres, with the 2022 SUVmax table joined where a patient is in it, and a radiomics
-    table (``python -m training radiomics``: PatientID and :data:`hecktor.radiomics.FEATURE_NAMES`) if given."""
+    table (``python -m training radiomics``: PatientID and :data:`hecktor.measure.radiomics.FEATURE_NAMES`) if given."""
     frame = pd.read_csv(table)
     if suvmax is not None and Path(suvmax).exists():
         frame = frame.merge(pd.read_csv(suvmax), on="PatientID", how="left", validate="one_to_one")

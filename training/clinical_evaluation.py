@@ -25,9 +25,9 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from hecktor.metrics import balanced_accuracy, harrell_c_index
-from hecktor.predict import sigmoid
-from hecktor.validation import bootstrap_ci
+from hecktor.core.metrics import balanced_accuracy, harrell_c_index
+from hecktor.core.validation import bootstrap_ci
+from hecktor.outcome.predict import sigmoid
 from training.clinical_cohorts import Cohorts
 from training.clinical_families import HPV_FAMILIES, RFS_FAMILIES, Candidate, Model, fit
 

@@ -1,5 +1,5 @@
 """The Task 2/3 model families: fit on a :class:`~training.clinical_cohorts.Cohorts` subset, return the runtime's
-own model object (:mod:`hecktor.predict`), and write it as the JSON the runtime reads.
+own model object (:mod:`hecktor.outcome.predict`), and write it as the JSON the runtime reads.
 
 Every fit returns the object the container scores with, built from parameters already rounded by
 :func:`stable_float`, so what cross-validation scores is exactly what would be shipped.
@@ -34,7 +34,7 @@ from sklearn.linear_model import LogisticRegression
 from sksurv.ensemble import GradientBoostingSurvivalAnalysis
 from sksurv.linear_model import CoxPHSurvivalAnalysis
 
-from hecktor.predict import (
+from hecktor.outcome.predict import (
     HPV_PREDICTED,
     LinearModel,
     Tree,
@@ -335,7 +335,7 @@ def _single_model_json(model: LinearModel | TreeEnsemble) -> dict[str, Any]:
 
 
 def model_json(model: Model, task: str, extra: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON the runtime reads (:func:`hecktor.predict.load_score_model`), with ``extra`` provenance keys."""
+    """The JSON the runtime reads (:func:`hecktor.outcome.predict.load_score_model`), with ``extra`` provenance keys."""
     if isinstance(model, WithPredictedHpv):
         body = {**_single_model_json(model.model), "hpv_submodel": _single_model_json(model.hpv_submodel)}
     else:

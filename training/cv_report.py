@@ -1,5 +1,5 @@
 """``python -m training evaluate``: the cross-validation report of a trained configuration, in the challenge's
-metrics, computed by the product's own :mod:`hecktor.metrics` on nnU-Net's fold validation predictions.
+metrics, computed by the product's own :mod:`hecktor.core.metrics` on nnU-Net's fold validation predictions.
 
 Each fold's nnU-Net validation (``fold_K/validation/<case>.nii.gz``: the predicted labels on the ROI grid,
 which is what training validated) is compared with the prepared reference (``gt_segmentations``): GTVp
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from hecktor import metrics
-from hecktor.types import LABEL_GTVN, LABEL_GTVP
+from hecktor.core import metrics
+from hecktor.core.types import LABEL_GTVN, LABEL_GTVP
 from training.plan import PLANS_NAME
 from training.workspace import Workspace, write_json
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from hecktor.manifest import (
+from hecktor.core.manifest import (
     CHALLENGE_LABELS,
     DEFAULT_WEIGHTS_DIR,
     MANIFEST_NAME,
@@ -77,7 +77,7 @@ def member_network(configuration: dict[str, Any], state: dict[str, Any]) -> tupl
     Returns the network (eval mode, no deep supervision), its architecture name and the manifest's
     ``arch_kwargs`` (everything but the channels, which the manifest's defaults fix at 2 in, 3 out).
     """
-    from hecktor.segment.networks import build_network
+    from hecktor.segment.torch_backend.networks import build_network
     from training.nnunet_trainers.hecktor_trainer import NNUNET_ONLY_ARCH_KEYS
 
     architecture = configuration["hecktor"]["architecture"]
@@ -104,7 +104,11 @@ def member_file(network: Any, arch_kwargs: dict[str, Any], patch: tuple[int, int
     """A member's file and its suffix: ONNX (optionally float16 weights), or safetensors carrying ``model_card``
     as metadata. Also what ``make_random_weights`` writes."""
     if onnx:
-        from hecktor.segment.onnx_export import export_member_to_onnx, member_in_channels, with_float16_weights
+        from hecktor.segment.torch_backend.onnx_export import (
+            export_member_to_onnx,
+            member_in_channels,
+            with_float16_weights,
+        )
 
         data = export_member_to_onnx(network, member_in_channels(arch_kwargs), patch)
         return (with_float16_weights(data) if fp16_weights else data), ".onnx"

@@ -1,14 +1,14 @@
 """``python -m training outcome-prepare``: cases + a Task 2/3 table -> the outcome network's training samples.
 
-Every case goes through the container's own code: :func:`hecktor.read.read_case` (PET to SUV, known Bq/mL
-factors), :func:`hecktor.preprocess.extract_roi` with the manifest's preprocessing, :func:`hecktor.measure.measure`
-on the reference mask (the container measures its final mask the same way) and
+Every case goes through the container's own code: :func:`hecktor.io.read.read_case` (PET to SUV, known Bq/mL
+factors), :func:`hecktor.preprocess.roi.extract_roi` with the manifest's preprocessing,
+:func:`hecktor.measure.lesions.measure` on the reference mask (the container measures its final mask the same way) and
 :func:`hecktor.outcome.inputs.lesion_patch`, the function the container calls, with the reference mask in place
 of the segmentation. So a network is trained on exactly the inputs the container will give it.
 
 The table (``--table``) has the HECKTOR 2025 Task 2 columns: ``PatientID``, the ``ehr.json`` fields (Age, Gender,
 Tobacco Consumption, Alcohol Consumption, Performance Status, Treatment, M-stage; read by
-:func:`hecktor.clinical.clinical_record_from_mapping`), ``RFS`` (days), ``Relapse`` (0/1) and ``HPV Status``
+:func:`hecktor.io.clinical.clinical_record_from_mapping`), ``RFS`` (days), ``Relapse`` (0/1) and ``HPV Status``
 (0/1); missing outcomes are allowed (that loss then skips the case).
 
 Written under ``W/outcome``: ``samples/<ID>.npz`` (image float32 (2, z, y, x), masks uint8 (2, z, y, x)),
@@ -32,15 +32,15 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from hecktor.clinical import clinical_record_from_mapping
-from hecktor.manifest import PreprocessConfig
-from hecktor.measure import measure
+from hecktor.core.files import atomic_write
+from hecktor.core.manifest import PreprocessConfig
+from hecktor.core.types import Case, ClinicalRecord, InputError
+from hecktor.io.clinical import clinical_record_from_mapping
+from hecktor.io.read import read_case
+from hecktor.measure.lesions import measure
 from hecktor.outcome.features import clinical_values
 from hecktor.outcome.inputs import lesion_patch
-from hecktor.preprocess import extract_roi
-from hecktor.read import read_case
-from hecktor.types import Case, ClinicalRecord, InputError
-from hecktor.write import atomic_write
+from hecktor.preprocess.roi import extract_roi
 from training.prepare import find_source_cases, is_synthetic_source, read_reference_labels
 from training.workspace import Workspace, write_json
 

@@ -10,7 +10,7 @@ models, model cards) plus:
 - ``MODEL_CARD_outcome.md``: data (SYNTHETIC or real), split, selection, figures, settings;
 - the manifest with the ``outcome_network`` section (patch size and CT window from the prepared dataset, the
   preprocessing of the dataset, cut points, HPV threshold 0.5, the clinical features' training statistics),
-  written by :func:`hecktor.manifest.write_manifest` and read back by :func:`hecktor.manifest.load_manifest`.
+  written by :func:`hecktor.core.manifest.write_manifest` and read back by :func:`hecktor.core.manifest.load_manifest`.
 
 Before anything is renamed into place, the ONNX file is run by onnxruntime next to torch on the same inputs and
 the largest difference is recorded in the card (and the export fails above ``PARITY_TOLERANCE``). The folder is
@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from hecktor.manifest import (
+from hecktor.core.files import atomic_write
+from hecktor.core.manifest import (
     DEFAULT_WEIGHTS_DIR,
     MANIFEST_NAME,
     load_manifest,
@@ -41,9 +42,8 @@ from hecktor.manifest import (
     manifest_json,
     write_manifest,
 )
-from hecktor.outcome.network import OutcomeNetwork
 from hecktor.outcome.runtime import INPUT_NAMES, OUTPUT_NAMES, load_onnx_outcome
-from hecktor.write import atomic_write
+from hecktor.outcome.torch_backend.network import OutcomeNetwork
 from training.outcome_train import TrainedOutcome
 
 __all__ = ["HPV_THRESHOLD", "ONNX_OPSET", "PARITY_TOLERANCE", "export_outcome_model", "outcome_onnx_bytes"]

@@ -1,4 +1,4 @@
-"""Losses of the outcome network (:mod:`hecktor.outcome.network`); torch only.
+"""Losses of the outcome network (:mod:`hecktor.outcome.torch_backend.network`); torch only.
 
 RFS, seed 000 (discrete-time hazard, K bins): with hazards ``h_k = sigmoid(z_k)``, survival
 ``S_k = prod_{j<=k} (1 - h_j)``, ``S_0 = 1``, the observed bin ``y`` (0-based) and the censoring indicator ``c``

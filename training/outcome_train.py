@@ -30,13 +30,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from hecktor.metrics import balanced_accuracy, harrell_c_index
+from hecktor.core.files import atomic_write
+from hecktor.core.metrics import balanced_accuracy, harrell_c_index
 from hecktor.outcome.features import CLINICAL_FEATURES, FeatureScaling, clinical_vector, fit_scaling
 from hecktor.outcome.inputs import hazard_risk as numpy_hazard_risk
 from hecktor.outcome.inputs import time_bins
-from hecktor.outcome.network import OutcomeArchitecture, OutcomeNetwork
-from hecktor.predict import sigmoid
-from hecktor.write import atomic_write
+from hecktor.outcome.predict import sigmoid
+from hecktor.outcome.torch_backend.network import OutcomeArchitecture, OutcomeNetwork
 from training.outcome_data import OutcomeSample
 from training.outcome_losses import cox_rank_loss, discrete_hazard_nll, hazard_risk, hpv_class_weights, weighted_bce
 from training.workspace import write_json

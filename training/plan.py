@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hecktor.segment.networks import STUNET_S_DEFAULTS
-from hecktor.validation import Fold, centre_out_folds, folds_to_nnunet_splits, patient_kfold
+from hecktor.core.validation import Fold, centre_out_folds, folds_to_nnunet_splits, patient_kfold
+from hecktor.segment.torch_backend.networks import STUNET_S_DEFAULTS
 from training.workspace import Workspace, write_json
 
 __all__ = [
@@ -66,7 +66,7 @@ def stunet_architecture(dims: Sequence[int]) -> dict[str, Any]:
                                                                      "deep_supervision")}
     kwargs["dims"] = tuple(dims)
     strides = [(1, 1, 1), *kwargs["pool_op_kernel_sizes"]]
-    return _json_ready({"network_class_name": "hecktor.segment.networks.STUNet",
+    return _json_ready({"network_class_name": "hecktor.segment.torch_backend.networks.STUNet",
                         "arch_kwargs": {**kwargs, "strides": strides}, "_kw_requires_import": []})
 
 

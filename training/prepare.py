@@ -1,9 +1,9 @@
 """``python -m training prepare``: contoured PET/CT cases -> an nnU-Net raw dataset on the 1 mm ROI grid.
 
 Every case goes through the container's own code, so a network is trained on exactly what it will be
-given at inference: :func:`hecktor.read.read_case` (header checks, PET to SUV; for the patients whose
+given at inference: :func:`hecktor.io.read.read_case` (header checks, PET to SUV; for the patients whose
 PET was delivered in Bq/mL, the factor from their DICOM tags replaces the run-time estimate) and
-:func:`hecktor.preprocess.extract_roi` with the manifest's preprocessing settings, which also brings the
+:func:`hecktor.preprocess.roi.extract_roi` with the manifest's preprocessing settings, which also brings the
 reference labels onto the ROI grid (linear interpolation of each label's mask, nnU-Net's way; the label
 volumes before and after are recorded per case and a change over 5 % is reported).
 
@@ -11,7 +11,7 @@ What is written (``nnUNet_raw/DatasetXXX_Name``):
 
 - ``imagesTr/<ID>_0000.nii.gz``: CT in HU on the ROI grid; nnU-Net normalises it with its ``CT`` scheme
   (dataset foreground percentiles, mean and std), whose statistics ``export`` copies into the manifest.
-- ``imagesTr/<ID>_0001.nii.gz``: the PET already normalised by :func:`hecktor.normalise.normalise_pet` (the
+- ``imagesTr/<ID>_0001.nii.gz``: the PET already normalised by :func:`hecktor.preprocess.normalise.normalise_pet` (the
   container's per-case z-score over non-zero voxels), declared ``noNorm`` so that nnU-Net leaves it alone:
   nnU-Net's own z-score would take different voxels into the statistics.
 - ``labelsTr/<ID>.nii.gz``: uint8 labels 0/1/2 on the same grid.
@@ -42,12 +42,12 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from hecktor.geometry import image_on_grid
-from hecktor.manifest import CHALLENGE_LABELS, PreprocessConfig, load_manifest
-from hecktor.normalise import normalise_pet
-from hecktor.preprocess import extract_roi, label_volumes_ml
-from hecktor.read import read_case, read_image
-from hecktor.types import InputError
+from hecktor.core.geometry import image_on_grid
+from hecktor.core.manifest import CHALLENGE_LABELS, PreprocessConfig, load_manifest
+from hecktor.core.types import InputError
+from hecktor.io.read import read_case, read_image
+from hecktor.preprocess.normalise import normalise_pet
+from hecktor.preprocess.roi import extract_roi, label_volumes_ml
 from training.workspace import write_json
 
 __all__ = [
@@ -78,7 +78,7 @@ _STAGING = ".staging"
 @dataclass(frozen=True)
 class SourceCase:
     case_id: str
-    folder: Path  # what hecktor.read.read_case reads (training or platform layout)
+    folder: Path  # what hecktor.io.read.read_case reads (training or platform layout)
     labels: Path
     centre: str
 
@@ -169,7 +169,7 @@ def find_source_cases(source: Path) -> tuple[list[SourceCase], list[SkippedCase]
 
 
 def is_synthetic_source(source: Path) -> bool:
-    """hecktor.phantom.write_training_dataset marks its datasets (``source`` may be the root or ``Task 1``)."""
+    """hecktor.io.phantom.write_training_dataset marks its datasets (``source`` may be the root or ``Task 1``)."""
     source = source.absolute()
     return any((folder / SYNTHETIC_MARKER).is_file() for folder in (source, source.parent))
 
@@ -250,7 +250,8 @@ def _dataset_json(cases: Sequence[str], config: PreprocessConfig, synthetic: boo
             "synthetic": synthetic,
             "source": str(source),
             "preprocess": json.loads(json.dumps(asdict(config))),
-            "pet_channel": "hecktor.normalise.normalise_pet (z-score over non-zero ROI voxels), not renormalised",
+            "pet_channel": "hecktor.preprocess.normalise.normalise_pet (z-score over non-zero ROI voxels), "
+                           "not renormalised",
         },
     }
 

@@ -4,7 +4,7 @@ RADCURE (Welch et al., TCIA, CC BY 4.0; Princess Margaret Cancer Centre, Toronto
 head-and-neck cohort used to train the RFS (Task 2) and HPV (Task 3) models next to the HECKTOR
 development centres. Its clinical table has other column names and codings; :func:`load_radcure` returns
 one row per patient under the HECKTOR table's column names, coded as the product reads ``ehr.json``
-(:mod:`hecktor.clinical`), so the same training code can read both tables.
+(:mod:`hecktor.io.clinical`), so the same training code can read both tables.
 
 Mapping (RADCURE column / value -> HECKTOR column = ``ehr.json`` key / value); each rule is its own
 function below, and its docstring states the assumption:
@@ -86,7 +86,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # HECKTOR training centres are 1-8 and the next edition's example uses 9; 100 stays clear of new HECKTOR
-# centres, is a whole number (so hecktor.clinical reads it, unlike a string) and gives RADCURE its own
+# centres, is a whole number (so hecktor.io.clinical reads it, unlike a string) and gives RADCURE its own
 # leave-one-centre-out group. Like every CenterID it is never a model feature.
 RADCURE_CENTER_ID = 100
 
@@ -217,7 +217,7 @@ def map_ecog(value: Any) -> float:
 
 def map_treatment(tx_modality: Any, chemo: Any, egfri_as_chemoradiotherapy: bool = True) -> float:
     """RADCURE ``Tx Modality`` and ``Chemo`` -> HECKTOR ``Treatment`` (1 = chemoradiotherapy, 0 = radiotherapy
-    alone: interface.md and :func:`hecktor.clinical._parse_treatment`; the HECKTOR table holds 0 and 1).
+    alone: interface.md and :func:`hecktor.io.clinical._parse_treatment`; the HECKTOR table holds 0 and 1).
 
     ``ChemoRT`` -> 1; ``RT alone`` and ``Postop RT alone`` -> 0 (surgery is not part of HECKTOR's coding; no
     concurrent systemic therapy); ``RT + EGFRI`` (RT with concurrent cetuximab, 54 patients) -> 1 by
@@ -250,7 +250,7 @@ def map_treatment(tx_modality: Any, chemo: Any, egfri_as_chemoradiotherapy: bool
 
 def map_m_stage(value: Any) -> str | None:
     """RADCURE ``M`` -> ``ehr.json`` ``M-stage`` string: ``M0`` -> "M0", ``M1``/``M1a``/... -> "M1", ``MX`` ->
-    "Mx" (the forms :func:`hecktor.clinical._parse_m_stage` reads; "Mx" means unknown there). Missing ->
+    "Mx" (the forms :func:`hecktor.io.clinical._parse_m_stage` reads; "Mx" means unknown there). Missing ->
     ``None`` (NaN in the frame). Any other value raises ``ValueError``. In the RADCURE training split every
     patient is M0 (non-metastatic cohort treated with curative intent), so this column is constant.
     """

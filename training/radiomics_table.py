@@ -1,11 +1,11 @@
 """``python -m training --work W radiomics SOURCE``: the radiomics of every contoured case, one CSV row per case.
 
-Each case is read by the container's reader (:func:`hecktor.read.read_case`, SUV conversion included) and its
+Each case is read by the container's reader (:func:`hecktor.io.read.read_case`, SUV conversion included) and its
 reference label image by ``prepare``'s reader; the features come from
-:func:`hecktor.radiomics.radiomics_features` with the settings of a model folder's manifest, the function the
+:func:`hecktor.measure.radiomics.radiomics_features` with the settings of a model folder's manifest, the function the
 container's measure stage calls, so that a model trained on this table sees the values it will see at run time.
-The table's columns are ``PatientID`` and :data:`hecktor.radiomics.FEATURE_NAMES` (empty cells: ``None``), the
-names that :meth:`hecktor.types.Measurements.as_dict` and ``score-table`` use.
+The table's columns are ``PatientID`` and :data:`hecktor.measure.radiomics.FEATURE_NAMES` (empty cells: ``None``), the
+names that :meth:`hecktor.core.types.Measurements.as_dict` and ``score-table`` use.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hecktor.manifest import RadiomicsConfig
-from hecktor.radiomics import FEATURE_NAMES, radiomics_features
-from hecktor.read import read_case
-from hecktor.types import InputError
+from hecktor.core.manifest import RadiomicsConfig
+from hecktor.core.types import InputError
+from hecktor.io.read import read_case
+from hecktor.measure.radiomics import FEATURE_NAMES, radiomics_features
 from training.prepare import SkippedCase, SourceCase, find_source_cases, read_reference_labels
 
 __all__ = ["RadiomicsTable", "case_radiomics", "radiomics_table", "write_radiomics_csv"]

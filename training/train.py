@@ -28,7 +28,7 @@ __all__ = ["ARCHITECTURES", "TRAINER_NAME", "TrainSettings", "configuration_name
 log = logging.getLogger(__name__)
 
 TRAINER_NAME = "HecktorTrainer"
-# CLI name -> product architecture (hecktor.segment.networks.build_network).
+# CLI name -> product architecture (hecktor.segment.torch_backend.networks.build_network).
 ARCHITECTURES = {"stunet": "STUNet", "segresnet": "SegResNet"}
 # MONAI's SegResNet as in MONAI's and Myronenko's HECKTOR 2022 setup: 4 levels (input divisor 8).
 SEGRESNET_ARCH_KWARGS: dict[str, Any] = {"spatial_dims": 3, "init_filters": 16, "blocks_down": [1, 2, 2, 4],

@@ -7,13 +7,13 @@ model card written from that table::
 
     python -m training clinical            # or: python training/train_clinical_models.py --out model_weights/
 
-Inputs are only what a case provides at run time (:func:`hecktor.predict.raw_features`): the ``ehr.json``
+Inputs are only what a case provides at run time (:func:`hecktor.outcome.predict.raw_features`): the ``ehr.json``
 keys (age, gender, tobacco, performance status, treatment, M-stage) and the image measurements (reference-mask
 volumes and the 2022 SUVmax table in training; the product's segmentation at run time). Not used: CenterID
 (validation groups only), HPV status (not an input of the 2025 container; RFS may use the PREDICTED HPV
 probability), alcohol (recorded by one HECKTOR centre only, so no held-out centre could test it).
 
-Outputs (``--out``): ``rfs_model.json``, ``hpv_model.json`` (read by :mod:`hecktor.predict`),
+Outputs (``--out``): ``rfs_model.json``, ``hpv_model.json`` (read by :mod:`hecktor.outcome.predict`),
 ``clinical_evaluation.json`` (the whole nested table) and ``MODEL_CARD_clinical.md``. Written atomically, and
 byte-identical on every run and machine (fixed seeds, parameters rounded by ``stable_float``).
 """
@@ -34,9 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # allow `python training/train_clinical_models.py` without installing
     sys.path.insert(0, str(REPO))
 
-from hecktor.radiomics import FEATURE_NAMES as RADIOMICS_FEATURES  # noqa: E402
-from hecktor.segment.weights import sha256_of  # noqa: E402
-from hecktor.write import atomic_write  # noqa: E402
+from hecktor.core.files import atomic_write, sha256_of  # noqa: E402
+from hecktor.measure.radiomics import FEATURE_NAMES as RADIOMICS_FEATURES  # noqa: E402
 from training.clinical_card import model_card  # noqa: E402
 from training.clinical_cohorts import Cohorts, load_cohorts  # noqa: E402
 from training.clinical_evaluation import (  # noqa: E402

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hecktor.write import atomic_write
+from hecktor.core.files import atomic_write
 
 __all__ = ["DEFAULT_DATASET", "SHIPPED_MODEL_DIR", "TRAINERS_DIR", "Workspace", "check_dataset_name", "write_json"]
 

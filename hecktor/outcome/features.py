@@ -1,14 +1,15 @@
 """The outcome network's clinical vector: which features exist, their raw values, and their scaling.
 
 Seed 000's clinical branch takes the ``ehr.json`` variables and the lesion measurements (MTV, NTV, SUVmax,
-TLG, NLG). Here every feature is one number, defined as for the clinical models (:mod:`hecktor.case_features`:
+TLG, NLG). Here every feature is one number, defined as for the clinical models (:mod:`hecktor.core.features`:
 binary fields 0/1, log volumes, log SUVmax in [1, 100]), plus log(1 + TLG/NLG). A
 missing value is imputed with the training median, then the value is z-scored with the training mean and
 standard deviation and clipped to +-``z_clip`` (all stored in the manifest's ``outcome_network`` section), so
 a failed segmentation moves the output a bounded amount. There are no missing-value indicators: an indicator
 that is 1 for one cohort only identifies the cohort (issue 9). ``CenterID`` and HPV status are never inputs.
 
-Numpy only; :mod:`hecktor.manifest` imports :data:`CLINICAL_FEATURES` to validate the section's feature names.
+Numpy only. The feature names (:data:`hecktor.core.features.CLINICAL_FEATURES`) live in the core, beside the
+manifest schema that validates them.
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Protocol
 
 import numpy as np
 
-from hecktor.case_features import CASE_FEATURES, case_features, finite_in, log1p_or_none
-from hecktor.types import ClinicalRecord, Measurements
+from hecktor.core.features import CASE_FEATURES, CLINICAL_FEATURES, case_features, finite_in, log1p_or_none
+from hecktor.core.types import ClinicalRecord, Measurements
+
+# The features shared with the clinical models; the rest (TLG, NLG) are computed here.
+_SHARED = tuple(name for name in CLINICAL_FEATURES if name in CASE_FEATURES)
+# TLG/NLG above 300 L * SUV 100 are no lesion: unknown, like any implausible measurement.
+_GLYCOLYSIS_RANGE = (0.0, 3.0e5)
 
 __all__ = [
     "CLINICAL_FEATURES",
@@ -33,20 +38,6 @@ __all__ = [
     "fit_scaling",
 ]
 
-# The record and lesion features as every Task 2/3 model defines them (hecktor.case_features), and the
-# glycolysis measurements seed 000's clinical branch adds.
-_SHARED = ("age", "gender_male", "tobacco", "alcohol", "performance_status", "treatment_chemoradiotherapy",
-           "m_stage", "log_gtvp_volume", "log_gtvn_volume", "log_gtvp_suvmax", "log_gtvn_suvmax")  # fmt: skip
-# TLG/NLG above 300 L * SUV 100 are no lesion: unknown, like any implausible measurement.
-_GLYCOLYSIS_RANGE = (0.0, 3.0e5)
-
-CLINICAL_FEATURES: Mapping[str, str] = MappingProxyType(
-    {
-        **{name: CASE_FEATURES[name] for name in _SHARED},
-        "log_tlg": "log(1 + TLG of GTVp in SUV*mL) (measured)",
-        "log_nlg": "log(1 + NLG of GTVn in SUV*mL) (measured)",
-    }
-)
 
 
 class FeatureScalingLike(Protocol):

@@ -1,7 +1,7 @@
 """The outcome network's image inputs and the discrete-time hazard arithmetic; numpy only.
 
 One function, :func:`lesion_patch`, makes the network's inputs for training and for the container alike, from
-the ROI of :func:`hecktor.preprocess.extract_roi` and a label image in the same physical frame (the reference
+the ROI of :func:`hecktor.preprocess.roi.extract_roi` and a label image in the same physical frame (the reference
 mask at training, the final segmentation on the CT grid in the container):
 
 - the patch is ``patch_size`` voxels of the ROI grid centred on the centroid of all lesion voxels (GTVp and
@@ -9,7 +9,7 @@ mask at training, the final segmentation on the CT grid in the container):
 - CT is clipped to ``ct_window_hu`` and scaled to [0, 1], PET stays in SUV; outside the ROI the patch holds air
   (the window's lower bound, 0 after scaling) and SUV 0;
 - the masks are the label image brought onto the patch's voxels by
-  :func:`hecktor.preprocess.resample_labels_to_grid` (nnU-Net's per-label linear interpolation), one-hot GTVp
+  :func:`hecktor.preprocess.roi.resample_labels_to_grid` (nnU-Net's per-label linear interpolation), one-hot GTVp
   and GTVn. That function is what ``extract_roi(case, config, labels=...)`` uses on the whole ROI, and it is
   voxel-wise, so the patch's masks equal the same crop of the ROI's labels without resampling the whole ROI.
 
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from hecktor.geometry import continuous_index_of, continuous_index_to_physical, sub_grid
-from hecktor.preprocess import resample_labels_to_grid
-from hecktor.types import LABEL_GTVN, LABEL_GTVP, Roi
+from hecktor.core.geometry import continuous_index_of, continuous_index_to_physical, sub_grid
+from hecktor.core.types import LABEL_GTVN, LABEL_GTVP, Roi
+from hecktor.preprocess.roi import resample_labels_to_grid
 
 __all__ = ["OutcomeImageInputs", "hazard_risk", "lesion_centre", "lesion_patch", "survival_curve", "time_bins"]
 

@@ -2,10 +2,10 @@
 
 :func:`load_outcome_network` opens the hash-checked weights: an ``.onnx`` file through onnxruntime (numpy only,
 no torch import: the ``onnxruntime`` image has none) or a ``.safetensors`` file through
-:mod:`hecktor.outcome.torch_runner`. :func:`outcome_network_or_none` is what the pipeline calls once: ``None``
+:mod:`hecktor.outcome.torch_backend.runner`. :func:`outcome_network_or_none` is what the pipeline calls once: ``None``
 when the manifest has no ``outcome_network`` section, and ``None`` with a warning when the network cannot be
 loaded (a broken or altered file). :func:`predict_tasks_2_3` answers Tasks 2 and 3 with the network when there
-is one and the case has an ROI, and with the clinical models (:func:`hecktor.predict.predict`) otherwise or
+is one and the case has an ROI, and with the clinical models (:func:`hecktor.outcome.predict.predict`) otherwise or
 when the network fails on the case (with a warning); the run log says which answered.
 
 Sessions run on the CPU: one patch per case (about half a second at 96^3 for ResNet-18 with a stride-2 stem).
@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from hecktor.manifest import Manifest, ManifestError, OutcomeNetworkConfig
+from hecktor.core.manifest import Manifest, ManifestError, OutcomeNetworkConfig
+from hecktor.core.types import ClinicalRecord, Measurements, Predictions, Roi
 from hecktor.outcome.features import clinical_values, clinical_vector
 from hecktor.outcome.inputs import OutcomeImageInputs, lesion_patch, survival_curve
-from hecktor.predict import ClinicalModels, predict, sigmoid
+from hecktor.outcome.predict import ClinicalModels, predict, sigmoid
 from hecktor.segment.weights import read_verified
-from hecktor.types import ClinicalRecord, Measurements, Predictions, Roi
 
 __all__ = [
     "INPUT_NAMES",
@@ -168,7 +168,7 @@ def load_outcome_network(
         onnx_runner = load_onnx_outcome(path, config.sha256)
         _check_onnx_shapes(onnx_runner, config, path)
         return LoadedOutcomeNetwork(config, onnx_runner)
-    from hecktor.outcome.torch_runner import load_torch_outcome
+    from hecktor.outcome.torch_backend.runner import load_torch_outcome
 
     return LoadedOutcomeNetwork(config, load_torch_outcome(config, path, device))
 

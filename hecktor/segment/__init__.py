@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from hecktor.manifest import Manifest
-from hecktor.types import Probabilities, Roi
+from hecktor.core.manifest import Manifest
+from hecktor.core.types import Probabilities, Roi
 
 __all__ = ["SegmentationEngine", "build_engine"]
 

@@ -1,7 +1,7 @@
 """The network-ensemble segmentation engine, backend-agnostic and torch-free.
 
 Every member is loaded (and hash-checked) once when the engine is built, by the backend the manifest
-names: :mod:`hecktor.segment.torch_backend` (safetensors) or :mod:`hecktor.segment.onnx_backend`
+names: :mod:`hecktor.segment.torch_backend.runner` (safetensors) or :mod:`hecktor.segment.onnx_backend`
 (ONNX Runtime, numpy only: the ``onnxruntime`` image has no torch). ``segment`` normalises the ROI the
 way each member was trained, runs it through the Gaussian sliding window, averages the members' blended
 logits and applies one softmax: exactly what nnU-Net's predictor computes for an ensemble of folds
@@ -23,22 +23,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
-from hecktor.manifest import CHALLENGE_LABELS, EnsembleConfig, MemberConfig
-from hecktor.normalise import normalise_ct, normalise_pet
-from hecktor.segment.windows import WindowSettings, mirror_combinations, softmax, window_count
-from hecktor.types import Probabilities, Roi
+from hecktor.core.manifest import CHALLENGE_LABELS, EnsembleConfig
+from hecktor.core.types import Probabilities, Roi
+from hecktor.preprocess.normalise import normalise_ct, normalise_pet
+from hecktor.segment.backend import LoadedMember
+from hecktor.segment.windows import mirror_combinations, softmax, window_count
 
 __all__ = [
     "MIN_OVERLAP",
     "NETWORK_RESERVE_S",
     "EnsembleEngine",
     "InferencePlan",
-    "LoadedMember",
-    "MemberRunner",
     "available_cpus",
     "load_ensemble",
     "plan_inference",
@@ -55,23 +53,6 @@ NETWORK_RESERVE_S = 30.0
 # A member dropped by a revision comes back only if the plan fits in this fraction of the time left, so
 # that noise in the measured speed does not make the plan flip back and forth.
 TAKE_BACK_FRACTION = 0.9
-
-
-class MemberRunner(Protocol):
-    """One loaded network behind a backend: numpy (2, z, y, x) in, (K, z, y, x) blended logits out."""
-
-    device: str  # where it runs, for the log ("cpu", "cuda", "CUDAExecutionProvider", ...)
-
-    def logits(self, image: np.ndarray, settings: WindowSettings) -> np.ndarray: ...
-
-    def seconds_per_window(self, image: np.ndarray, settings: WindowSettings) -> float: ...
-
-
-@dataclass(frozen=True)
-class LoadedMember:
-    config: MemberConfig
-    runner: MemberRunner
-    settings: WindowSettings  # the manifest's tiling for this member
 
 
 @dataclass(frozen=True)
@@ -229,7 +210,7 @@ def load_ensemble(
     if config.backend == "onnxruntime":
         from hecktor.segment.onnx_backend import load_onnx_members as load_members
     else:
-        from hecktor.segment.torch_backend import load_torch_members as load_members
+        from hecktor.segment.torch_backend.runner import load_torch_members as load_members
     members = load_members(config, Path(weights_dir), device, threads)
     return EnsembleEngine(members, trained_on_real_data=bool(config.trained_on_real_data))
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from hecktor.manifest import CHALLENGE_LABELS, EnsembleConfig, ManifestError, MemberConfig
-from hecktor.segment.ensemble import LoadedMember
+from hecktor.core.manifest import CHALLENGE_LABELS, EnsembleConfig, ManifestError, MemberConfig
+from hecktor.segment.backend import LoadedMember
 from hecktor.segment.weights import read_verified
 from hecktor.segment.windows import WHOLE_ROI_MULTIPLE, WindowSettings, pad_to_shape, sliding_window_inference
 

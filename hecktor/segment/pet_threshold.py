@@ -7,11 +7,13 @@ nuclear-medicine rule, not a learned model:
 2. candidate components that reach the brain are physiological uptake and are dropped;
 3. inside each remaining component, every hot spot whose peak is >= ``min_peak_suv`` is grown
    from its peak over voxels >= max(suv_floor, ``relative_threshold`` x peak) (the 40 %
-   SUVmax rule), so a hot node next to a hotter tumour still gets its own threshold;
+   SUVmax rule), so a hot node next to a hotter tumour still gets its own threshold; a region
+   grown next to (or around) one grown before it is that lesion's shoulder or halo, never a
+   lesion of its own, and stays unlabelled;
 4. lesions outside [min_volume_ml, max_volume_ml] are dropped (noise, bladder-like blobs);
 5. the primary tumour (GTVp) is the lesion with the largest total lesion glycolysis whose
    centre lies within ``midline_band_mm`` of the midline (pharynx and larynx are midline
-   organs; the midline is the brain's centroid, see ``hecktor.preprocess``); every other lesion
+   organs; the midline is the brain's centroid, see ``hecktor.preprocess.roi``); every other lesion
    is an involved node (GTVn), since nodes sit laterally.
 """
 
@@ -24,9 +26,9 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
-from hecktor.geometry import direction_matrix, frame_coordinates_of_indices, voxel_volume_ml
-from hecktor.manifest import PetThresholdConfig
-from hecktor.types import LABEL_GTVN, LABEL_GTVP, Probabilities, Roi
+from hecktor.core.geometry import direction_matrix, frame_coordinates_of_indices, voxel_volume_ml
+from hecktor.core.manifest import PetThresholdConfig
+from hecktor.core.types import LABEL_GTVN, LABEL_GTVP, Probabilities, Roi
 
 __all__ = ["Lesion", "PetThresholdEngine", "assign_labels", "find_lesions"]
 
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 MAX_HOT_SPOTS_PER_COMPONENT = 20
 MAX_LESIONS_LOGGED = 20
+_NEIGHBOURS_26 = np.ones((3, 3, 3), dtype=bool)
 
 Box = tuple[slice, slice, slice]
 
@@ -45,7 +48,7 @@ class Lesion:
 
     box: Box
     mask: np.ndarray  # bool, shape of the box
-    suv_max: float
+    suv_max: float  # peak of the PET resampled to the ROI grid: the engine's, not the measured SUVmax
     volume_ml: float
     tlg: float
     centre_mm: tuple[float, float, float]  # patient-frame coordinates (x: left +, z: superior +)
@@ -54,12 +57,15 @@ class Lesion:
 def _grow_hot_spots(pet: np.ndarray, component: np.ndarray, config: PetThresholdConfig) -> list[np.ndarray]:
     """Regions grown from each hot spot of one candidate component (arrays of ``component``'s shape).
 
-    A later spot whose grown region touches an earlier one is the earlier spot's shoulder
-    (the voxels between the floor and 40 % of its peak), not a lesion of its own.
+    A later spot whose grown region touches any region grown before it (a lesion, or uptake already
+    found to belong to one) is that lesion's shoulder or halo, not a lesion of its own, and is left
+    unlabelled. Only lesions used to count as "touched": a shoulder grown from the rim of a hot
+    primary then sat between the primary and the warm halo beyond it, so the halo, touching only
+    the shoulder, came out as a ring-shaped "node" around the primary (29 mL on STS_002).
     """
     remaining = component.copy()
     regions: list[np.ndarray] = []
-    taken_margin = np.zeros_like(component)
+    claimed = np.zeros_like(component)  # every region grown so far: lesions and the uptake attached to them
     for _ in range(MAX_HOT_SPOTS_PER_COMPONENT):
         values = np.where(remaining, pet, 0.0)
         peak_index = np.unravel_index(int(values.argmax()), values.shape)
@@ -70,9 +76,11 @@ def _grow_hot_spots(pet: np.ndarray, component: np.ndarray, config: PetThreshold
         labelled = cc3d.connected_components(above, connectivity=26)
         region = labelled == labelled[peak_index]
         remaining &= ~region
-        if not (region & taken_margin).any():
+        attached = bool(claimed.any()) and bool(
+            (ndimage.binary_dilation(region, structure=_NEIGHBOURS_26) & claimed).any())
+        claimed |= region
+        if not attached:
             regions.append(region)
-            taken_margin |= ndimage.binary_dilation(region, structure=np.ones((3, 3, 3), dtype=bool))
     return regions
 
 
@@ -142,8 +150,10 @@ class PetThresholdEngine:
 def _log_lesions(lesions: list[Lesion], labels: list[int]) -> None:
     by_glycolysis = sorted(zip(lesions, labels, strict=True), key=lambda pair: -pair[0].tlg)
     for lesion, label in by_glycolysis[:MAX_LESIONS_LOGGED]:
+        # Not called SUVmax: this peak is read on the 1 mm ROI grid before restore; the SUVmax the
+        # measurements report (and the pipeline logs) is read from the final mask on the CT grid.
         log.info(
-            "pet-threshold: %s lesion %.1f mL, SUVmax %.1f at frame %s mm",
+            "pet-threshold: %s candidate %.1f mL, peak %.1f SUV on the 1 mm ROI grid, at frame %s mm",
             "GTVp" if label == LABEL_GTVP else "GTVn", lesion.volume_ml, lesion.suv_max,
             np.round(lesion.centre_mm, 0),
         )

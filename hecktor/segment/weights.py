@@ -2,8 +2,8 @@
 
 A file is read into memory once, hashed, and the same bytes are deserialised by the backend, so what
 is run is exactly what was checked (no window between checking and loading). A missing file or a hash
-mismatch raises :class:`hecktor.manifest.ManifestError` naming the file and both hashes. Torch-free:
-the backends (:mod:`hecktor.segment.torch_backend`, :mod:`hecktor.segment.onnx_backend`) deserialise.
+mismatch raises :class:`hecktor.core.manifest.ManifestError` naming the file and both hashes. Torch-free:
+the backends (:mod:`hecktor.segment.torch_backend.runner`, :mod:`hecktor.segment.onnx_backend`) deserialise.
 """
 
 from __future__ import annotations
@@ -11,20 +11,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from hecktor.manifest import ManifestError
+from hecktor.core.manifest import ManifestError
 
-__all__ = ["read_verified", "sha256_of"]
-
-_CHUNK = 1 << 20
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+__all__ = ["read_verified"]
 
 
 def read_verified(path: Path, expected_sha256: str) -> bytes:

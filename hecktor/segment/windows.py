@@ -1,7 +1,7 @@
 """Gaussian-weighted sliding-window inference, nnU-Net style, in numpy (no torch).
 
 The tiling (where windows go), the Gaussian importance map and the mirror combinations are defined
-here once; the torch path (:mod:`hecktor.segment.sliding_window`) reuses them, so both backends blend
+here once; the torch path (:mod:`hecktor.segment.torch_backend.sliding_window`) reuses them, so both backends blend
 exactly the same windows with exactly the same weights.
 
 The image is cut into overlapping patches; each patch goes through the predictor (with optional

@@ -5,7 +5,7 @@ supervision, mixed precision, checkpoints, resume, logging, DDP and the final va
 only changes what the plans ask it to, through the ``hecktor`` block that ``python -m training train``
 writes into each training configuration of the plans:
 
-- the network is the product's own class (:func:`hecktor.segment.networks.build_network`), so the
+- the network is the product's own class (:func:`hecktor.segment.torch_backend.networks.build_network`), so the
   parameter names are the container's and an exported checkpoint loads with ``strict=True``;
 - the loss is chosen by name (:func:`training.losses.build_loss`: nnU-Net's CE + Dice of seed 000, or the
   ODA loss of seed 001), wrapped for deep supervision exactly as nnU-Net wraps its own;
@@ -25,7 +25,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 from torch._dynamo import OptimizedModule
 
-from hecktor.segment.networks import build_network
+from hecktor.segment.torch_backend.networks import build_network
 from training.losses import build_loss
 
 # Keys of the plans' architecture block that are nnU-Net's bookkeeping, not arguments of the network.
