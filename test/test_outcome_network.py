@@ -275,6 +275,9 @@ print("ok")
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
 
 
+# Slow (about 40 s): the command-line chain around the training the module's fixtures already run in-process.
+# Run with: .venv/bin/python -m pytest -m slow test/test_outcome_network.py
+@pytest.mark.slow
 def test_the_training_cli_prepares_trains_resumes_and_exports(tmp_path: Path, shipped_manifest: Manifest) -> None:
     dataset = write_training_dataset(tmp_path / "data", 6, seed=3, geometry=GEOMETRY)
     table = write_outcome_table(dataset)

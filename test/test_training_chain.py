@@ -250,6 +250,9 @@ def test_evaluate_reports_the_fold_validation_in_challenge_metrics(chain: Chain,
     assert card == fold  # the model card holds the same figures (JSON round trips floats exactly)
 
 
+# Slow (about 105 s on the 2-core CPU): the second architecture and loss through the chain the default run already
+# checks with STU-Net and CE + Dice. Run with: .venv/bin/python -m pytest -m slow test/test_training_chain.py
+@pytest.mark.slow
 def test_segresnet_and_the_oda_loss_train_through_the_same_chain(chain: Chain, tmp_path: Path) -> None:
     from training_chain import run_training_cli
 
