@@ -1,9 +1,11 @@
 """The hostile-input suite: generated cases, each with its expected behaviour under both input policies.
 
 Every case starts from the SYNTHETIC phantom case (``hecktor.io.phantom``) in the platform layout and
-damages a copy of it. ``DEFAULT`` is the platform policy (answer whenever the images can be read,
-with a warning), ``STRICT`` is ``--strict`` (refuse every recoverable problem). The expected log
-fragments name the file or the problem code, so a refusal that does not say what is wrong fails.
+damages a copy of it; the ``dicom-*`` cases first write it as a DICOM study (``test/dicom_study.py``) and
+damage the PET series, so that the label grid stays the phantom CT's. ``DEFAULT`` is the platform policy
+(answer whenever the images can be read, with a warning), ``STRICT`` is ``--strict`` (refuse every
+recoverable problem). The expected log fragments name the file or the problem code, so a refusal that does
+not say what is wrong fails.
 
 ``test/test_hostile_inputs.py`` runs them; ``python test/hostile_cases.py`` prints the table
 (case, default outcome, strict outcome) as measured.
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -31,6 +35,8 @@ if str(TEST_DIR) not in sys.path:
     sys.path.insert(0, str(TEST_DIR))
 
 from case_variants import rigidly_rotated, rotation, stored_flipped  # noqa: E402
+from dicom_study import Edit, write_image_series  # noqa: E402
+from pydicom.uid import generate_uid  # noqa: E402
 
 from hecktor.apps.cli import main  # noqa: E402
 from hecktor.io.phantom import PhantomGeometry, make_phantom, write_platform_case  # noqa: E402
@@ -282,6 +288,66 @@ def _swap_ct_and_pet(d: Path) -> None:
     (d / PET).write_bytes(ct_bytes)
 
 
+DICOM = "dicom"
+# A DICOM case's --input is the study folder; the phantom's image files beside it are the label grid's reference.
+_DICOM_CASE = {"input_path": DICOM, "ct_folder": "../images/ct"}
+
+
+def _as_dicom(pet_edit: Edit | None = None, drop_pet: tuple[int, ...] = (), second_pet: bool = False,
+              own_pet_frame: bool = False) -> Callable[[Path], None]:
+    """The case as a DICOM study in ``dicom/`` (random nested names, ehr.json at its root), the PET damaged:
+    ``pet_edit`` per slice, slices ``drop_pet`` deleted, a second equal PET series, or a frame of its own."""
+
+    def damage(d: Path) -> None:
+        rng, study = random.Random(7), d / DICOM
+        common = {"patient_id": "HOSTILE-1", "study_uid": generate_uid()}
+        frame = generate_uid()
+        write_image_series(_image(d / CT), study, rng, modality="CT", frame_uid=frame, series_number=2,
+                           description="CT", **common)
+        pet = _image(d / PET)
+        files = write_image_series(pet, study, rng, modality="PT", frame_uid=generate_uid() if own_pet_frame else frame,
+                                   series_number=3, description="PET AC", edit=pet_edit, **common)
+        for index in drop_pet:
+            files[index].unlink()
+        if second_pet:
+            write_image_series(pet, study, rng, modality="PT", frame_uid=frame, series_number=4,
+                               description="PET AC 2", **common)
+        if (d / EHR).is_file():
+            shutil.copy(d / EHR, study / EHR)
+
+    return damage
+
+
+def _shift(dz_from: int, dx: float = 0.0, dy_per_slice: float = 0.0, dz: float = 0.0) -> Edit:
+    def edit(ds, index: int) -> None:
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        lifted = dz if index >= dz_from else 0.0
+        ds.ImagePositionPatient = [x + dx, y + index * dy_per_slice, z + lifted]
+
+    return edit
+
+
+def _turn_top(first: int, degrees: float) -> Edit:
+    def edit(ds, index: int) -> None:
+        if index >= first:
+            c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+            ds.ImageOrientationPatient = [c, s, 0.0, -s, c, 0.0]
+
+    return edit
+
+
+def _without_weight(ds, index: int) -> None:
+    del ds.PatientWeight
+
+
+def _undecodable(ds, index: int) -> None:
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG-2: no decoder here
+    from pydicom.encaps import encapsulate
+
+    ds.PixelData = encapsulate([ds.PixelData])
+    ds["PixelData"].VR = "OB"
+
+
 CASES: tuple[HostileCase, ...] = (
     # ----- layout and files
     _case("missing-pet-folder", lambda d: shutil.rmtree(d / "images/pet"), refuses("images/pet", "PET is missing")),
@@ -405,6 +471,23 @@ CASES: tuple[HostileCase, ...] = (
     _case("rt-dose-with-nan", _optional("rt-dose", lambda d, t: [
         shutil.copy(d / PET, t / "dose.mha"), _with_array(t / "dose.mha", lambda a: _set(a, (1, 1, 1), np.nan))]),
           answers("non-finite-voxels", "dose.mha"), refuses("dose.mha")),
+    # ----- DICOM studies (the PET series damaged; 3 mm slices)
+    _case("dicom-study", _as_dicom(), answers("taken as CT", "taken as PET", "SUVbw from DICOM header"), **_DICOM_CASE),
+    _case("dicom-pet-missing-slice", _as_dicom(drop_pet=(55,)), answers("dicom-missing-slices"),
+          refuses("misses 1 slice"), **_DICOM_CASE),
+    _case("dicom-pet-uneven-spacing", _as_dicom(_shift(55, dz=1.2)), answers("dicom-uneven-spacing"),
+          refuses("spacing is uneven"), **_DICOM_CASE),
+    _case("dicom-pet-gantry-tilt", _as_dicom(_shift(0, dy_per_slice=3.0 * math.tan(math.radians(10)))),
+          answers("dicom-gantry-tilt", "10.00 degrees"), refuses("gantry tilt"), **_DICOM_CASE),
+    _case("dicom-pet-mixed-orientation", _as_dicom(_turn_top(108, 30.0)), answers("dicom-mixed-orientation"),
+          refuses("different orientation"), **_DICOM_CASE),
+    _case("dicom-pet-without-weight", _as_dicom(_without_weight), answers("dicom-suv-tags", "PatientWeight"),
+          refuses("PatientWeight (0010,1030)"), **_DICOM_CASE),
+    _case("dicom-two-equal-pets", _as_dicom(second_pet=True), answers("dicom-series-ambiguous"),
+          refuses("2 PET series qualify"), **_DICOM_CASE),
+    _case("dicom-pet-other-frame", _as_dicom(own_pet_frame=True), answers("dicom-frame-of-reference"),
+          refuses("FrameOfReferenceUID"), **_DICOM_CASE),
+    _case("dicom-pet-mpeg2", _as_dicom(_undecodable), refuses("MPEG2 Main Profile / Main Level"), **_DICOM_CASE),
 )
 
 

@@ -38,7 +38,8 @@ def test_raw_bqml_dicom_series_factor_close_to_dicom_answer():
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(True)
     conversion = to_suv(sitk.GetArrayViewFromImage(pet).astype(np.float32))
-    dicom_factor = 2.429e-4  # weight 71 kg, 388.8 MBq decay-corrected over 8511 s (from the DICOM tags)
+    # weight 71 kg, 388.8 MBq decayed over 2711 s from injection to series start (DICOM tags; test_dicom_suv.py)
+    dicom_factor = 2.429e-4
     assert conversion.detected_units == "BQML"
     # NOT a validation: BODY_MEDIAN_SUV was calibrated on this very series, so this only guards the
     # implementation against drifting from its calibration. The held-out check is the test below.

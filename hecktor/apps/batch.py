@@ -9,12 +9,14 @@ A radiotherapy department scores a retrospective cohort (1,000 patients) in one 
 name); a flat folder of ``<ID>__CT.nii.gz`` / ``<ID>__PT.nii.gz`` pairs with optional ``<ID>__ehr.json``; or a
 CSV with a ``path`` column (case folders) or ``ct``, ``pet`` [, ``ehr``] columns and an optional ``case_id`` (alias
 ``PatientID``) column, paths relative to the CSV. IDs are made safe as folder names (with a warning) and must be
-unique (a duplicate is an error naming both sources). New layouts (DICOM studies) are new
-:class:`~hecktor.io.layouts.CaseFinder` objects; this runner only sees :class:`~hecktor.io.layouts.CaseSource`.
+unique (a duplicate is an error naming both sources). A folder tree of DICOM files is one case per study
+(PatientID + StudyInstanceUID; ID = PatientID, or its pseudonym with ``--id-from``). Each layout is a
+:class:`~hecktor.io.layouts.CaseFinder`; this runner only sees :class:`~hecktor.io.layouts.CaseSource`.
 
 **Outputs**: ``OUTPUT/<ID>/`` holds the platform outputs the tasks ask for (same relative paths as on
-Grand Challenge), ``qc.png`` (:mod:`hecktor.io.qc`) and ``case.json`` (:mod:`hecktor.apps.case_record`), all
-published by one :class:`~hecktor.io.write.StagedOutputs` commit (all or nothing, even on SIGKILL; ``case.json``
+Grand Challenge), ``qc.png`` (:mod:`hecktor.io.qc`), ``case.json`` (:mod:`hecktor.apps.case_record`) and, with
+``--dicom-out``, the DICOM-SEG, RTSTRUCT and (non-DICOM input) CT series under ``dicom/`` (:mod:`hecktor.io.dicom_out`),
+all published by one :class:`~hecktor.io.write.StagedOutputs` commit (all or nothing, even on SIGKILL; ``case.json``
 is the last file moved into place). ``OUTPUT/summary.csv``, ``OUTPUT/summary.json`` and ``OUTPUT/index.html`` are
 rewritten atomically after every case by the driver (the only writer of these files), so a killed run leaves a
 usable table.
@@ -77,8 +79,9 @@ from hecktor.core.manifest import DEFAULT_WEIGHTS_DIR, load_manifest
 from hecktor.core.policy import apply_input_policy
 from hecktor.core.types import Case, InputError, Roi
 from hecktor.core.version import git_commit, product_version
-from hecktor.io.layouts import CaseSource, find_cases
+from hecktor.io.layouts import CaseSource, default_finders, find_cases
 from hecktor.io.write import (
+    DICOM_DIR,
     STAGING_PREFIX,
     TASK_OUTPUTS,
     OutputError,
@@ -133,6 +136,7 @@ class BatchOptions:
     models_sha256: str
     run_id: str
     qc: bool = True
+    dicom_out: bool = False  # also the DICOM-SEG and RTSTRUCT (hecktor.io.dicom_out)
 
     @property
     def policy(self) -> str:
@@ -197,7 +201,14 @@ def _already_done(source: CaseSource, options: BatchOptions, inputs: Sequence[In
                                   "refused without --overwrite")
     if options.overwrite or not is_complete(folder, inputs, options.models_sha256, options.tasks):
         return None
+    if _has_dicom_outputs(record) != options.dicom_out:  # asked for now and not there, or there and not asked
+        return None
     return CaseOutcome(source.case_id, source.origin, "skipped", None, 0.0, record)
+
+
+def _has_dicom_outputs(record: Mapping[str, Any] | None) -> bool:
+    outputs = record.get("outputs") if record is not None else None
+    return isinstance(outputs, list) and any(str(p).startswith(f"{DICOM_DIR.as_posix()}/") for p in outputs)
 
 
 def prepare_case(source: CaseSource, pipeline: Pipeline, options: BatchOptions) -> _Prepared:
@@ -245,7 +256,7 @@ def _qc_png(case: Case, result: CaseResult, pipeline: Pipeline) -> bytes | None:
 
 def finish_case(prepared: _Prepared, pipeline: Pipeline, options: BatchOptions) -> CaseOutcome:
     """Segment and predict a prepared case, then publish its folder in one commit."""
-    from hecktor.apps.cli import case_deadline, stage_case_result
+    from hecktor.apps.cli import case_deadline, dicom_output_plan, stage_case_result
     from hecktor.pipeline import peak_rss_mb
 
     if prepared.outcome is not None:
@@ -264,20 +275,25 @@ def finish_case(prepared: _Prepared, pipeline: Pipeline, options: BatchOptions) 
         stage_seconds.update({t.stage: t.seconds for t in result.timings})
         write_start = time.perf_counter()
         png = _qc_png(case, result, pipeline) if options.qc else None
-        outputs = case_targets(options.tasks) + ((QC_NAME,) if png is not None else ())
+        dicom = dicom_output_plan(case, result, pipeline) if options.dicom_out else None
+        outputs = (case_targets(options.tasks) + ((QC_NAME,) if png is not None else ())
+                   + (dicom.paths if dicom is not None else ()))
         run = {"run_id": options.run_id, "created": _now(), "origin": source.origin,
                "seconds": round(work_s(), 3)}
         record = case_record(case_id=source.case_id, inputs=prepared.inputs, models_sha256=options.models_sha256,
                              tasks=options.tasks, policy=options.policy, outputs=outputs, result=result,
                              warnings=[str(p) for p in case.problems], run=run)
         # case.json last: it is moved into place last, so a record on disk always means the whole set is there.
-        # The commit replaces the folder's whole previous set (a rerun without --qc or with fewer tasks
-        # leaves nothing of the old run behind).
+        # The commit replaces the folder's whole previous set (a rerun without --qc, --dicom-out or with fewer
+        # tasks leaves nothing of the old run behind).
         with StagedOutputs(options.output_dir / source.case_id, (*outputs, RECORD_NAME),
-                           replaces=(*TASK_OUTPUTS.values(), RECORD_NAME, QC_NAME)) as staged:
+                           replaces=(*TASK_OUTPUTS.values(), RECORD_NAME, QC_NAME),
+                           replaces_folders=(DICOM_DIR,)) as staged:
             stage_case_result(staged, result, options.tasks)
             if png is not None:
                 staged.stage_bytes(QC_NAME, png)
+            if dicom is not None:
+                dicom.stage(staged)
             staged.stage_json(RECORD_NAME, record)
             staged.commit()
         stage_seconds["write"] = time.perf_counter() - write_start
@@ -537,19 +553,27 @@ def run_batch(args: argparse.Namespace) -> int:
     if args.executor == "local" and args.jobs not in (None, 1):
         log.error("--jobs %d needs --executor ray (ray.init() starts a local cluster without set-up)", args.jobs)
         return EXIT_USAGE
+    if args.dicom_out:
+        from hecktor.apps.cli import check_dicom_out
+
+        if (problem := check_dicom_out(args.tasks)) is not None:
+            log.error("%s", problem)
+            return EXIT_USAGE
     started_at, run_id = _now(), uuid.uuid4().hex
-    layout, sources = find_cases(args.input)
+    layout, sources = find_cases(args.input, default_finders(args.id_from))
     log.info("batch: %d case(s) in %s (%s layout)", len(sources), args.input, layout)
     output_dir: Path = args.output
     with _batch_lock(output_dir):
         manifest = load_manifest(args.weights_dir)
         options = BatchOptions(output_dir=output_dir, tasks=args.tasks, strict=args.strict,
                                time_limit=args.time_limit, overwrite=args.overwrite, quick_resume=args.quick_resume,
-                               models_sha256=models_fingerprint(manifest), run_id=run_id, qc=not args.no_qc)
+                               models_sha256=models_fingerprint(manifest), run_id=run_id, qc=not args.no_qc,
+                               dicom_out=args.dicom_out)
         metadata = {"run_id": run_id, "product_version": product_version(), "git_commit": git_commit(),
                     "models_sha256": options.models_sha256, "weights_dir": str(args.weights_dir),
                     "tasks": sorted(options.tasks), "policy": options.policy, "input": str(args.input),
                     "layout": layout, "output": str(output_dir), "executor": args.executor,
+                    "dicom_out": options.dicom_out,
                     "started": started_at}
         summary = _Summary(output_dir, [s.case_id for s in sources], metadata)
         summary.write()
@@ -596,13 +620,17 @@ input layouts (INPUT):
   a flat folder of pairs     INPUT/<ID>__CT.nii.gz, INPUT/<ID>__PT.nii.gz [, INPUT/<ID>__ehr.json]
   a CSV list (INPUT.csv)     columns: path (a case folder) or ct, pet [, ehr]; optional case_id (or PatientID);
                              relative paths are relative to the CSV's folder
+  DICOM studies              INPUT/**/* (any depth, any names): one case per PatientID + StudyInstanceUID,
+                             case ID = PatientID (or its pseudonym: --id-from); CT and attenuation-corrected PET
+                             chosen by the README's rules; ehr.json in a patient's own folder is used
   Case IDs become folder names: other characters than A-Z a-z 0-9 . _ - are replaced by _ (logged);
   a duplicate ID is an error naming both sources.
 
 outputs (OUTPUT):
   OUTPUT/<ID>/images/tumor-lymph-node-segmentation/output.mha, rfs.json, hpv-status.json (as --tasks asks),
   qc.png and case.json, published together; OUTPUT/summary.csv, summary.json, index.html after every case.
-  A rerun skips cases whose case.json matches the same inputs (sha256), models and tasks.
+  With --dicom-out also OUTPUT/<ID>/dicom/seg.dcm and rtstruct.dcm (and dicom/ct/*.dcm for non-DICOM input).
+  A rerun skips cases whose case.json matches the same inputs (sha256), models, tasks and --dicom-out choice.
 
 exit codes:
   0  every case ok or already complete         5  some cases failed (the summary says which and why)
@@ -618,7 +646,7 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     parser.add_argument("input", type=Path, help="a folder of case folders, a folder of <ID>__CT/__PT pairs, "
-                                                 "or a CSV list of cases")
+                                                 "a folder of DICOM studies, or a CSV list of cases")
     parser.add_argument("output", type=Path, help="output folder: one folder per case plus the summary")
     parser.add_argument("--tasks", type=parse_tasks, default=frozenset({1, 2, 3}),
                         help="which outputs to write: 'all' (default) or e.g. '1' or '2,3'")
@@ -646,5 +674,11 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-prefetch", action="store_true",
                         help="local: read each case only after the previous one (for measuring; slower)")
     parser.add_argument("--no-qc", action="store_true", help="do not draw qc.png")
+    parser.add_argument("--id-from", type=Path, default=None, metavar="CSV",
+                        help="DICOM studies: name each case by the pseudonym of its PatientID in this CSV (columns "
+                             "PatientID, case_id); a study whose PatientID it lacks fails (default: the PatientID)")
+    parser.add_argument("--dicom-out", action="store_true",
+                        help="also write each case's DICOM-SEG and RTSTRUCT (dicom/; for non-DICOM input the CT as a "
+                             "DICOM series in dicom/ct/); needs Task 1 and requirements/dicom.txt")
     parser.add_argument("-v", "--verbose", action="store_true")
 

@@ -3,12 +3,19 @@
 Written beside a case's outputs (in the same all-or-nothing commit, so it never describes files that are not
 there) by the single-case command outside the platform and by ``batch`` for every case. It records the case
 id, each input file's name and sha256, the product version and git commit, the models' fingerprint, the
-engine, the tasks, the input policy, warnings and per-stage timings. Two questions are answered from it:
+engine, the tasks, the input policy, warnings and per-stage timings; for a case read from DICOM, the series read
+(``dicom_series``: role, study, series and frame-of-reference UIDs, SOP class, instance count; never the PatientID,
+which is the case id unless ``--id-from`` replaced it by a pseudonym). Two questions are answered from it:
 
 - *is this folder another case's?* (:func:`belongs_to_other_case`): a run refuses to overwrite it without
   ``--overwrite``;
 - *is this case already done?* (:func:`is_complete`): ``batch`` skips a case whose record matches the same
   inputs, models and tasks and whose every listed output exists.
+
+An input is a file, or a DICOM series (many instance files): then its ``path`` is the deepest folder holding them,
+``size`` their total size, ``mtime_ns`` the latest modification, and ``sha256`` is :func:`files_sha256`: the
+sha256 of the sorted list of the files' own sha256 digests (hex, one per line), which depends on the files'
+contents only, not on their names, folders or order.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from hecktor.core.files import sha256_of
 from hecktor.core.manifest import MANIFEST_NAME, Manifest
-from hecktor.core.types import Case
+from hecktor.core.types import Case, DicomSeriesRef
 from hecktor.core.version import git_commit, product_version
 
 if TYPE_CHECKING:
@@ -37,6 +44,7 @@ __all__ = [
     "belongs_to_other_case",
     "case_input_paths",
     "case_record",
+    "files_sha256",
     "input_files_of",
     "is_complete",
     "models_fingerprint",
@@ -66,24 +74,53 @@ def _same_file(recorded: Mapping[str, Any], path: Path, stat: os.stat_result) ->
             and recorded.get("mtime_ns") == stat.st_mtime_ns and isinstance(recorded.get("sha256"), str))
 
 
-def input_files_of(paths: Mapping[str, Path | None],
+def files_sha256(paths: Sequence[Path]) -> str:
+    """The sha256 of a DICOM series: over the sorted hex sha256 digests of its files, one per line."""
+    digests = sorted(sha256_of(path) for path in paths)
+    return hashlib.sha256("".join(f"{d}\n" for d in digests).encode()).hexdigest()
+
+
+def _series_input(role: str, paths: Sequence[Path], entry: Mapping[str, Any] | None) -> InputFile:
+    """A DICOM series as one input (module docstring): folder, total size, latest mtime, :func:`files_sha256`."""
+    stats = [os.stat(path) for path in paths]
+    folder = Path(os.path.commonpath([str(Path(p).parent) for p in paths]))
+    size, mtime_ns = sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats)
+    unchanged = (entry is not None and entry.get("path") == str(folder) and entry.get("size") == size
+                 and entry.get("mtime_ns") == mtime_ns and isinstance(entry.get("sha256"), str))
+    digest = str(entry["sha256"]) if unchanged and entry is not None else files_sha256(paths)
+    return InputFile(role, str(folder), digest, size, mtime_ns)
+
+
+def input_files_of(paths: Mapping[str, Path | Sequence[Path] | None],
                    previous: Sequence[Mapping[str, Any]] = ()) -> tuple[InputFile, ...]:
-    """Each given input file (role -> path; ``None`` skipped) with its sha256, in role order.
+    """Each given input (role -> a file, or a DICOM series' files; ``None`` skipped) with its sha256, in role
+    order.
 
     ``previous``: the ``inputs`` of an earlier ``case.json``; a file whose path, size and mtime (ns) match its
     entry there keeps the recorded sha256 without being read (the fast path of ``batch --quick-resume``: it
-    trusts that a file rewritten with other contents changes its size or mtime, as make and rsync do).
+    trusts that a file rewritten with other contents changes its size or mtime, as make and rsync do). A
+    series is compared on its folder, total size and latest mtime.
     """
     recorded = {str(entry.get("role")): entry for entry in previous if isinstance(entry, Mapping)}
     files = []
     for role, path in paths.items():
         if path is None:
             continue
-        stat = os.stat(path)
         entry = recorded.get(role)
+        if not isinstance(path, (str, os.PathLike)):
+            files.append(_series_input(role, path, entry))
+            continue
+        stat = os.stat(path)
         digest = str(entry["sha256"]) if entry is not None and _same_file(entry, path, stat) else sha256_of(path)
         files.append(InputFile(role, str(path), digest, stat.st_size, stat.st_mtime_ns))
     return tuple(files)
+
+
+def dicom_series_record(series: Sequence[DicomSeriesRef]) -> list[dict[str, Any]]:
+    """What ``case.json`` says of the DICOM series read: UIDs and instance counts (no PatientID, no file list)."""
+    return [{"role": s.role, "study_instance_uid": s.study_instance_uid,
+             "series_instance_uid": s.series_instance_uid, "frame_of_reference_uid": s.frame_of_reference_uid,
+             "sop_class_uid": s.sop_class_uid, "instances": len(s.sop_instance_uids)} for s in series]
 
 
 def case_input_paths(case: Case) -> dict[str, Path | None]:
@@ -135,6 +172,7 @@ def case_record(
         "predictions": None if predictions is None else {
             "rfs_risk": predictions.rfs_risk, "hpv_probability": predictions.hpv_probability,
             "hpv_positive": predictions.hpv_positive},
+        "dicom_series": dicom_series_record(result.dicom_series),
         "input_problems": [{"code": p.code, "path": str(p.path), "problem": p.problem, "fallback": p.fallback}
                            for p in result.problems],
         "warnings": list(warnings),

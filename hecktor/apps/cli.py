@@ -23,15 +23,19 @@ from typing import TYPE_CHECKING, Any
 
 from hecktor.core.manifest import DEFAULT_WEIGHTS_DIR, Manifest, ManifestError, load_manifest
 from hecktor.core.types import InputError
-from hecktor.io.write import TASK_OUTPUTS, OutputError, StagedOutputs, case_targets, stage_case_outputs
+from hecktor.io.write import DICOM_DIR, TASK_OUTPUTS, OutputError, StagedOutputs, case_targets, stage_case_outputs
 
 if TYPE_CHECKING:
     from hecktor.apps.case_record import InputFile
     from hecktor.apps.report import RunReport
-    from hecktor.pipeline import CaseResult
+    from hecktor.core.types import Case
+    from hecktor.io.dicom_out import DicomOutputPlan
+    from hecktor.pipeline import CaseResult, Pipeline
 
 __all__ = [
     "Terminated",
+    "check_dicom_out",
+    "dicom_output_plan",
     "inference_main",
     "main",
     "parse_tasks",
@@ -104,10 +108,14 @@ def _configure_logging(verbose: bool) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    if not verbose:
+        # highdicom logs every module it copies into a DICOM-SEG at INFO (a dozen lines per case).
+        logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", type=Path, default=Path("/input"), help="case folder (default /input)")
+    parser.add_argument("--input", type=Path, default=Path("/input"),
+                        help="case folder: platform or training layout, or a DICOM study (default /input)")
     parser.add_argument("--output", type=Path, default=None,
                         help="output folder; required, except when the input is /input (the platform's "
                              "situation), where it defaults to /output")
@@ -125,6 +133,14 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true",
                         help="refuse (exit 2) any recoverable input problem instead of applying its documented "
                              "fallback (see the README's input-policy table)")
+    parser.add_argument("--dicom-out", action="store_true",
+                        help="also write the segmentation for planning systems: a DICOM-SEG (dicom/seg.dcm) and an "
+                             "RTSTRUCT (dicom/rtstruct.dcm) referencing the CT series; for a CT that was not DICOM, "
+                             "the CT is written as a DICOM series too (dicom/ct/). Needs Task 1 and "
+                             "requirements/dicom.txt")
+    parser.add_argument("--id-from", type=Path, default=None, metavar="CSV",
+                        help="a DICOM study's case ID: the pseudonym of its PatientID in this CSV (columns PatientID, "
+                             "case_id); without it the PatientID is the case ID")
     parser.add_argument("--report", type=Path, default=None, metavar="FILE",
                         help="also write a JSON run report (versions, input problems, warnings, timings, outputs, "
                              "exit status) to FILE, whatever the outcome")
@@ -137,8 +153,22 @@ def is_platform_situation(input_dir: Path) -> bool:
     return Path(input_dir).absolute() == PLATFORM_INPUT
 
 
+def check_dicom_out(tasks: frozenset[int]) -> str | None:
+    """Why ``--dicom-out`` cannot be honoured (no Task 1, or the DICOM libraries missing); ``None`` when it can."""
+    if 1 not in tasks:
+        return "--dicom-out writes the Task 1 segmentation: it needs Task 1 among --tasks"
+    try:
+        import hecktor.io.dicom_out  # noqa: F401 (pydicom and highdicom come with it)
+    except ImportError as exc:
+        return f"--dicom-out needs pydicom and highdicom: pip install -r requirements/dicom.txt ({exc})"
+    return None
+
+
 def _complete_run_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Default ``--output`` to /output in the platform's situation; elsewhere it is required."""
+    """Default ``--output`` to /output in the platform's situation; elsewhere it is required. Refuse a
+    ``--dicom-out`` that cannot be honoured before any work."""
+    if args.dicom_out and (problem := check_dicom_out(args.tasks)) is not None:
+        parser.error(problem)
     if args.output is not None:
         return
     if not is_platform_situation(args.input):
@@ -155,7 +185,7 @@ def _run(args: argparse.Namespace) -> int:
 
     report = RunReport(options={"input": args.input, "output": args.output, "tasks": sorted(args.tasks),
                                 "policy": "strict" if args.strict else "default", "weights_dir": args.weights_dir,
-                                "time_limit_s": args.time_limit})
+                                "time_limit_s": args.time_limit, "dicom_out": args.dicom_out})
     with report.collecting_warnings():
         code = _guarded(lambda a: _compute_and_publish(a, report), args, report)
     if report.write(args.report):
@@ -176,33 +206,55 @@ def case_deadline(start: float, tasks: frozenset[int], time_limit: float | None)
 
 def _compute_and_publish(args: argparse.Namespace, report: RunReport | None = None) -> int:
     from hecktor.apps.case_record import RECORD_NAME
-    from hecktor.pipeline import Pipeline
+    from hecktor.pipeline import Pipeline, StageClock
 
     start = time.perf_counter()
     deadline = case_deadline(time.monotonic(), args.tasks, args.time_limit)
     # Outside the platform every folder says which case it holds (case.json, in the same commit).
-    identity = None if is_platform_situation(args.input) else _case_identity(args.input)
+    identity = None if is_platform_situation(args.input) else _case_identity(args.input, args.id_from)
     targets = case_targets(args.tasks) + ((RECORD_NAME,) if identity is not None else ())
     check_folder = None if identity is None or args.overwrite else functools.partial(_refuse_other_case, identity)
-    # Entered first so that an unusable output folder fails before minutes of loading and computing.
-    with StagedOutputs(args.output, targets, replaces=(*TASK_OUTPUTS.values(), RECORD_NAME)) as outputs:
+    # Entered first so that an unusable output folder fails before minutes of loading and computing. The commit
+    # replaces every earlier DICOM output too: a run without --dicom-out leaves none of an earlier run's.
+    with StagedOutputs(args.output, targets, replaces=(*TASK_OUTPUTS.values(), RECORD_NAME),
+                       replaces_folders=(DICOM_DIR,)) as outputs:
         if check_folder is not None:
             check_folder(outputs.output_dir)
         pipeline = Pipeline(load_manifest(args.weights_dir))
-        result = pipeline.run(args.input, args.tasks, strict=args.strict, deadline=deadline)
+        clock = StageClock()
+        case = pipeline.read(args.input, args.strict, clock, args.id_from)
+        result = pipeline.run_case(case, args.tasks, clock, deadline)
         if report is not None:
             report.record_case(result)
         stage_case_result(outputs, result, args.tasks)
+        if args.dicom_out:
+            dicom = dicom_output_plan(case, result, pipeline)
+            # Before case.json, which stays the last file published (it vouches for the whole set).
+            outputs.add_targets(dicom.paths, before=RECORD_NAME if identity is not None else None)
+            dicom.stage(outputs)
         if identity is not None:
-            outputs.stage_json(RECORD_NAME, _record_of(pipeline.manifest, result, identity, args, targets, report))
+            outputs.stage_json(RECORD_NAME, _record_of(pipeline.manifest, result, identity, args, outputs.targets,
+                                                       report))
         written = _commit(outputs, check_folder)
-    for path in written:
-        log.info("wrote %s", path)
+    _log_written(written)
     if report is not None:
         report.outputs = [str(path) for path in written]
     log.info("case %s done in %.1f s (engine %s, ROI %s)", result.case_id, time.perf_counter() - start,
              result.engine, result.roi_located_by)
     return 0
+
+
+def _log_written(written: Sequence[Path]) -> None:
+    """One line per file, but one per folder for a folder of many (a DICOM CT series is hundreds of files)."""
+    per_folder: dict[Path, list[Path]] = {}
+    for path in written:
+        per_folder.setdefault(path.parent, []).append(path)
+    for folder, paths in per_folder.items():
+        if len(paths) > 3:
+            log.info("wrote %d files in %s (%s ... %s)", len(paths), folder, paths[0].name, paths[-1].name)
+        else:
+            for path in paths:
+                log.info("wrote %s", path)
 
 
 def _commit(outputs: StagedOutputs, check_folder: Callable[[Path], None] | None) -> list[Path]:
@@ -216,15 +268,24 @@ def _commit(outputs: StagedOutputs, check_folder: Callable[[Path], None] | None)
         return outputs.published
 
 
-def _case_identity(input_dir: Path) -> tuple[str, tuple[InputFile, ...]]:
-    """The case id and input files (with sha256) the reader will use, found before any model loads."""
-    from hecktor.apps.case_record import InputFile
+def _case_identity(input_dir: Path, id_from: Path | None = None) -> tuple[str, tuple[InputFile, ...]]:
+    """The case id and input files (with sha256) the reader will use, found before any model loads (a DICOM
+    study: its chosen CT and PET series, each hashed as one input, see :mod:`hecktor.apps.case_record`)."""
+    from hecktor.apps.case_record import InputFile, input_files_of
     from hecktor.core.files import sha256_of
-    from hecktor.io.read import find_case_files
+    from hecktor.io.read import dicom_study_source, find_case_files, is_dicom_study_folder
 
-    files, _ = find_case_files(input_dir)
-    inputs = []
-    for role, path in (("ct", files.ct), ("pet", files.pet), ("ehr", files.ehr)):
+    others: tuple[tuple[str, Path | None], ...]
+    if is_dicom_study_folder(input_dir):
+        study = dicom_study_source(input_dir, id_from)
+        case_id, inputs = study.case_id, list(input_files_of({"ct": study.choice.ct.files,
+                                                               "pet": study.choice.pet.files}))
+        others = (("ehr", study.ehr),)
+    else:
+        files, _ = find_case_files(input_dir)
+        case_id, inputs = files.case_id, []
+        others = (("ct", files.ct), ("pet", files.pet), ("ehr", files.ehr))
+    for role, path in others:
         # Only regular files are hashed: an ehr.json that is a FIFO or a device must not block or run
         # forever here; the reader reports it under the input policy.
         if path is not None and path.is_file():
@@ -232,13 +293,13 @@ def _case_identity(input_dir: Path) -> tuple[str, tuple[InputFile, ...]]:
                 inputs.append(InputFile(role, str(path), sha256_of(path)))
             except OSError:  # unreadable: the reader refuses it with a proper message
                 inputs.append(InputFile(role, str(path), "unreadable"))
-    return files.case_id, tuple(inputs)
+    return case_id, tuple(inputs)
 
 
 def _refuse_other_case(identity: tuple[str, tuple[InputFile, ...]], output_dir: Path) -> None:
     from hecktor.apps.case_record import RECORD_NAME, other_case_in
 
-    held = other_case_in(output_dir, *identity, (*TASK_OUTPUTS.values(), RECORD_NAME))
+    held = other_case_in(output_dir, *identity, (*TASK_OUTPUTS.values(), RECORD_NAME, DICOM_DIR))
     if held is not None:
         raise OutputError(output_dir, f"holds the outputs of another case: {held}, not of case {identity[0]!r}; "
                                       "give --overwrite to replace them")
@@ -262,6 +323,19 @@ def stage_case_result(outputs: StagedOutputs, result: CaseResult, tasks: frozens
         rfs_risk=predictions.rfs_risk if predictions is not None and 2 in tasks else None,
         hpv_positive=predictions.hpv_positive if predictions is not None and 3 in tasks else None,
     )
+
+
+def dicom_output_plan(case: Case, result: CaseResult, pipeline: Pipeline) -> DicomOutputPlan:
+    """The DICOM-SEG and RTSTRUCT of ``result``'s segmentation (and the CT series they reference when the case was
+    not read from DICOM), planned for staging (:mod:`hecktor.io.dicom_out`)."""
+    from hecktor.core.version import product_version
+    from hecktor.io.dicom_out import SegmentationSource, plan_dicom_outputs
+
+    if result.labels is None:
+        raise ValueError("DICOM outputs need the Task 1 segmentation (run with Task 1)")
+    source = SegmentationSource(engine=result.engine, version=product_version(),
+                                trained_on_real_data=pipeline.engine.trained_on_real_data)
+    return plan_dicom_outputs(case, result.labels, source)
 
 
 def publish_case_result(result: CaseResult, output_dir: Path, tasks: frozenset[int]) -> list[Path]:

@@ -33,6 +33,14 @@ RECOVERABLE = MappingProxyType({
     "pet-bqml": "PET values in Bq/mL instead of SUV",
     "optional-image-unusable": "a broken or ambiguous optional image (ct-planning, rt-dose) that no model uses",
     "junk-file": "hidden or non-image files next to the images (e.g. ._case.mha, .DS_Store)",
+    # DICOM studies (hecktor.io.dicom): the series choice, the PET header's SUV tags, a series' geometry.
+    "dicom-series-ambiguous": "a DICOM study with two equally good CT or PET series (the same slice count)",
+    "dicom-frame-of-reference": "the chosen DICOM CT and PET share no FrameOfReferenceUID",
+    "dicom-suv-tags": "a DICOM PET header lacking a tag SUVbw needs (weight, dose, times, units, decay correction)",
+    "dicom-missing-slices": "a DICOM series with gaps of whole slice steps",
+    "dicom-uneven-spacing": "a DICOM series whose slices lie off a regular grid by more than 5 % of a step",
+    "dicom-gantry-tilt": "a DICOM series stacked obliquely to its slices (gantry tilt)",
+    "dicom-mixed-orientation": "a DICOM series mixing slices of different orientation, size or pixel spacing",
 })
 
 

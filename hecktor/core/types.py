@@ -19,6 +19,7 @@ __all__ = [
     "LABEL_GTVP",
     "Case",
     "ClinicalRecord",
+    "DicomSeriesRef",
     "InputError",
     "Measurements",
     "Predictions",
@@ -74,6 +75,24 @@ class ClinicalRecord:
 
 
 @dataclass(frozen=True)
+class DicomSeriesRef:
+    """A DICOM series a case was read from: what ``case.json`` records and what DICOM outputs reference.
+
+    ``files`` are the series' instance files in the order their slices were stacked (inferior to superior
+    along the slice normal, as the volume's index z); ``sop_instance_uids`` follow the same order.
+    """
+
+    role: str  # "CT" or "PET"
+    patient_id: str
+    study_instance_uid: str
+    series_instance_uid: str
+    frame_of_reference_uid: str
+    sop_class_uid: str
+    sop_instance_uids: tuple[str, ...]
+    files: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
 class Case:
     """One case as read from disk: CT in HU and PET in SUV on their own grids."""
 
@@ -87,6 +106,8 @@ class Case:
     planning_ct: sitk.Image | None = None
     rt_dose: sitk.Image | None = None
     problems: tuple[RecoverableProblem, ...] = ()
+    # The DICOM series the CT and PET came from (empty when the images were not DICOM).
+    dicom_series: tuple[DicomSeriesRef, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Find the cases of a cohort: the *case sources* a batch run reads, one per patient.
 
-A batch INPUT is one of three layouts (tried in this order by :func:`find_cases`):
+A batch INPUT is one of four layouts (tried in this order by :func:`find_cases`):
 
 1. **CSV list** -- INPUT is a ``.csv`` file. Columns (header row required, names case-insensitive):
 
@@ -13,13 +13,24 @@ A batch INPUT is one of three layouts (tried in this order by :func:`find_cases`
    ``<ID>__PT.nii.gz`` side by side, with an optional ``<ID>__ehr.json`` (the ``__`` suffix convention of the
    images, so an ``<ID>.nii.gz`` label next to them is never mistaken for clinical data).
 
-3. **Case folders** -- INPUT is a folder of folders, one per patient, each in the platform layout
+3. **DICOM studies** -- INPUT is a folder tree holding DICOM files (any depth, any names, mixed series; one
+   patient per folder or several patients in one tree) and no case folder in the image layouts. The files are
+   grouped by (PatientID, StudyInstanceUID), one case per study; the case ID is the PatientID, or its pseudonym
+   from ``--id-from`` (a CSV with ``PatientID`` and ``case_id`` columns); several studies of one patient are
+   ``<ID>_study1``, ``<ID>_study2``, ... by study date. The CT and the attenuation-corrected PET of each study
+   are chosen by the rules of :mod:`hecktor.io.dicom.select`, and an ``ehr.json`` in a patient's own folder
+   is used (:mod:`hecktor.io.dicom.case`). A study without a usable CT or PET fails alone.
+
+4. **Case folders** -- INPUT is a folder of folders, one per patient, each in the platform layout
    (``images/ct``, ``images/pet``, ``ehr.json``) or the training layout (``<ID>__CT.nii.gz``, ``<ID>__PT.nii.gz``,
    ``ehr.json``); the case ID is the folder's name. Hidden entries and plain files beside the folders are ignored.
+   A folder in neither image layout that holds one DICOM study is read as that study (case ID: its PatientID or
+   pseudonym), so a cohort may mix the two; so may a CSV list (its ``case_id``, when given, names the case).
 
-Each layout is a :class:`CaseFinder`; :data:`DEFAULT_FINDERS` lists them. A DICOM study reader (the next
-issue) is one more finder returning its own :class:`CaseSource` (whose ``read`` converts the series): the runner
-only sees the protocol, so adding it touches neither the runner nor these finders.
+Each layout is a :class:`CaseFinder`; :func:`default_finders` lists them. The DICOM layout's sources are
+:class:`~hecktor.io.dicom.case.DicomCaseSource` objects whose ``read`` converts the series: the runner only sees
+the :class:`CaseSource` protocol. A DICOM series is an input of many files: ``input_paths`` gives their tuple,
+hashed as one input (:mod:`hecktor.apps.case_record`). pydicom is imported only when DICOM files are met.
 
 Case IDs name output folders, so :func:`checked_case_ids` makes them safe (characters outside
 ``[A-Za-z0-9._-]`` become ``_``, with a warning naming both spellings) and unique (two sources with the same ID,
@@ -39,7 +50,15 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from hecktor.core.types import Case, InputError, RecoverableProblem
-from hecktor.io.read import CaseFiles, find_case_files, read_case_files
+from hecktor.io.read import (
+    CaseFiles,
+    dicom_study_source,
+    find_case_files,
+    has_image_layout,
+    holds_dicom,
+    is_dicom_study_folder,
+    read_case_files,
+)
 
 __all__ = [
     "DEFAULT_FINDERS",
@@ -49,9 +68,11 @@ __all__ = [
     "CaseFolders",
     "CaseListCsv",
     "CaseSource",
+    "DicomStudies",
     "FileCaseSource",
     "FlatPairs",
     "checked_case_ids",
+    "default_finders",
     "find_cases",
     "safe_case_id",
 ]
@@ -80,8 +101,9 @@ class CaseSource(Protocol):
         """Where the case comes from, for messages (a folder, a CSV row)."""
         ...
 
-    def input_paths(self) -> Mapping[str, Path | None]:
-        """The files whose contents define the case (role -> path), hashed to decide whether it is done."""
+    def input_paths(self) -> Mapping[str, Path | Sequence[Path] | None]:
+        """The files whose contents define the case (role -> a path, or a DICOM series' paths), hashed to decide
+        whether it is done."""
         ...
 
     def read(self) -> Case:
@@ -131,7 +153,16 @@ class CaseFinder(Protocol):
     def find(self, input_path: Path) -> list[CaseSource]: ...
 
 
-def _case_folder_source(folder: Path, case_id: str, origin: str) -> CaseSource:
+def _case_folder_source(folder: Path, case_id: str, origin: str, id_from: Path | None = None,
+                        id_given: bool = False) -> CaseSource:
+    """The case in ``folder``: an image layout, else the one DICOM study it holds (case ID: ``case_id`` when
+    ``id_given``, else the study's PatientID or its pseudonym from ``id_from``)."""
+    if is_dicom_study_folder(folder):
+        try:
+            study = dicom_study_source(folder, id_from)
+        except InputError as exc:
+            return BrokenCaseSource(case_id, origin, str(exc))
+        return dataclasses.replace(study, case_id=case_id, origin=origin) if id_given else study
     try:
         files, problems = find_case_files(folder)
     except InputError as exc:
@@ -157,6 +188,7 @@ def _visible(entries: Sequence[Path]) -> list[Path]:
 @dataclass(frozen=True)
 class CaseListCsv:
     name: str = "csv"
+    id_from: Path | None = None  # PatientID -> pseudonym table for rows that point at DICOM study folders
 
     def claims(self, input_path: Path) -> bool:
         return input_path.is_file() and input_path.suffix.lower() == ".csv"
@@ -167,10 +199,11 @@ class CaseListCsv:
                 rows = list(csv.DictReader(handle))
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise InputError(f"{input_path}: cannot read the case list ({exc})") from exc
-        return [_csv_row_source(input_path, number, row) for number, row in enumerate(rows, start=2)]
+        return [_csv_row_source(input_path, number, row, self.id_from) for number, row in enumerate(rows, start=2)]
 
 
-def _csv_row_source(csv_path: Path, line: int, raw: Mapping[str | None, object]) -> CaseSource:
+def _csv_row_source(csv_path: Path, line: int, raw: Mapping[str | None, object], id_from: Path | None = None
+                    ) -> CaseSource:
     row = {str(k).strip().lower(): str(v or "").strip() for k, v in raw.items() if k is not None}
     origin = f"{csv_path} line {line}"
 
@@ -183,7 +216,7 @@ def _csv_row_source(csv_path: Path, line: int, raw: Mapping[str | None, object])
         case_id = given_id or folder.name
         if not folder.is_dir():
             return BrokenCaseSource(case_id or f"line-{line}", origin, f"{folder}: case folder does not exist")
-        return _case_folder_source(folder, case_id, origin)
+        return _case_folder_source(folder, case_id, origin, id_from, id_given=bool(given_id))
     if row.get("ct") and row.get("pet"):
         ct, pet = resolved(row["ct"]), resolved(row["pet"])
         case_id = given_id or (ct.name[: -len(CT_SUFFIX)] if ct.name.endswith(CT_SUFFIX) else ct.name.split(".")[0])
@@ -221,8 +254,34 @@ class FlatPairs:
 
 
 @dataclass(frozen=True)
+class DicomStudies:
+    name: str = "dicom studies"
+    id_from: Path | None = None  # PatientID -> pseudonym table (hecktor.io.dicom.ids)
+
+    def claims(self, input_path: Path) -> bool:
+        if not input_path.is_dir() or (input_path / "images").is_dir():
+            return False
+        # Image-layout case folders make it a folder of case folders (whose DICOM folders are read too).
+        if any(has_image_layout(p) for p in _visible(sorted(input_path.iterdir())) if p.is_dir()):
+            return False
+        return holds_dicom(input_path)
+
+    def find(self, input_path: Path) -> list[CaseSource]:
+        try:
+            # Imported here: pydicom is not in the platform image.
+            from hecktor.io.dicom.case import locate_studies
+        except ImportError as exc:
+            raise InputError(f"{input_path}: holds DICOM files, and reading them needs pydicom ({exc}); install "
+                             f"requirements/dicom.txt") from exc
+        return [study.source if study.source is not None else
+                BrokenCaseSource(study.case_id, study.origin, study.error or "unusable DICOM study")
+                for study in locate_studies(input_path, self.id_from)]
+
+
+@dataclass(frozen=True)
 class CaseFolders:
     name: str = "case folders"
+    id_from: Path | None = None  # PatientID -> pseudonym table for folders holding a DICOM study
 
     def claims(self, input_path: Path) -> bool:
         return input_path.is_dir()
@@ -233,10 +292,15 @@ class CaseFolders:
                              f"folders, a folder of <ID>__CT.nii.gz/<ID>__PT.nii.gz pairs or a CSV list (give the "
                              f"parent folder, or use 'run' for one case)")
         folders = [p for p in _visible(sorted(input_path.iterdir())) if p.is_dir()]
-        return [_case_folder_source(folder, folder.name, str(folder)) for folder in folders]
+        return [_case_folder_source(folder, folder.name, str(folder), self.id_from) for folder in folders]
 
 
-DEFAULT_FINDERS: tuple[CaseFinder, ...] = (CaseListCsv(), FlatPairs(), CaseFolders())
+def default_finders(id_from: Path | None = None) -> tuple[CaseFinder, ...]:
+    """The layouts in the order :func:`find_cases` tries them; ``id_from``: ``--id-from``'s table, for DICOM."""
+    return (CaseListCsv(id_from=id_from), FlatPairs(), DicomStudies(id_from=id_from), CaseFolders(id_from=id_from))
+
+
+DEFAULT_FINDERS: tuple[CaseFinder, ...] = default_finders()
 
 
 def safe_case_id(case_id: str) -> str:
@@ -291,5 +355,5 @@ def find_cases(input_path: Path, finders: Sequence[CaseFinder] = DEFAULT_FINDERS
             if not sources:
                 raise InputError(f"{input_path}: no case found ({finder.name} layout)")
             return finder.name, checked_case_ids(sources)
-    raise InputError(f"{input_path}: not a folder of cases, a folder of <ID>__CT.nii.gz/<ID>__PT.nii.gz pairs or "
-                     f"a .csv case list")
+    raise InputError(f"{input_path}: not a folder of cases, a folder of <ID>__CT.nii.gz/<ID>__PT.nii.gz pairs, "
+                     f"a folder of DICOM studies or a .csv case list")

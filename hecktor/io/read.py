@@ -12,6 +12,9 @@ Training layout (local use)::
 
     INPUT/<ID>__CT.nii.gz, INPUT/<ID>__PT.nii.gz [, INPUT/ehr.json]
 
+A folder in neither layout that holds DICOM files is one DICOM study (any depth, any names, mixed series; see
+:mod:`hecktor.io.dicom.case`): :func:`read_case` reads it through :func:`dicom_study_source`.
+
 Problems come in two kinds (the README's input-policy table lists them all):
 
 - unrecoverable (no CT or PET, an unreadable or 2-D image, unusable geometry, an image header that
@@ -35,6 +38,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
@@ -45,7 +49,23 @@ from hecktor.io.clinical import read_ehr_keys, unknown_keys_summary
 from hecktor.io.plausibility import check_ct_pet_roles
 from hecktor.io.suv import to_suv
 
-__all__ = ["MAX_VOXELS", "CaseFiles", "find_case_files", "read_case", "read_case_files", "read_image"]
+if TYPE_CHECKING:
+    from hecktor.io.dicom.case import DicomCaseSource
+
+__all__ = [
+    "MAX_VOXELS",
+    "CaseFiles",
+    "dicom_study_source",
+    "find_case_files",
+    "has_image_layout",
+    "holds_dicom",
+    "is_dicom_study_folder",
+    "pet_no_uptake_problem",
+    "read_case",
+    "read_case_files",
+    "read_clinical",
+    "read_image",
+]
 
 log = logging.getLogger(__name__)
 
@@ -349,6 +369,15 @@ def read_image(path: Path, role: str, root: Path | None = None) -> tuple[sitk.Im
     return _replace_non_finite(image, path, role)
 
 
+def pet_no_uptake_problem(pet: sitk.Image, path: Path) -> RecoverableProblem | None:
+    """The ``pet-no-uptake`` problem when the PET has no positive voxel, else None."""
+    peak = float(sitk.GetArrayViewFromImage(pet).max())  # ``pet`` outlives the view
+    if peak > 0.0:
+        return None
+    return RecoverableProblem("pet-no-uptake", path, f"the PET image has no positive uptake (max {peak:g})",
+                              "empty segmentation; Tasks 2/3 from the clinical record alone")
+
+
 def _pet_in_suv(
     pet: sitk.Image, path: Path, known_suv_factor: float | None = None
 ) -> tuple[sitk.Image, list[RecoverableProblem]]:
@@ -357,12 +386,10 @@ def _pet_in_suv(
             raise InputError(f"{path}: the Bq/mL-to-SUV factor must be a positive number, got {known_suv_factor!r}")
         log.info("%s: PET converted to SUV with the known factor %.6g (no unit detection)", path, known_suv_factor)
         return pet * known_suv_factor, []
-    values = sitk.GetArrayViewFromImage(pet)  # ``pet`` outlives this view
-    peak = float(values.max())
-    if peak <= 0.0:
-        return pet, [RecoverableProblem("pet-no-uptake", path, f"the PET image has no positive uptake (max {peak:g})",
-                                        "empty segmentation; Tasks 2/3 from the clinical record alone")]
-    conversion = to_suv(values)
+    no_uptake = pet_no_uptake_problem(pet, path)
+    if no_uptake is not None:
+        return pet, [no_uptake]
+    conversion = to_suv(sitk.GetArrayViewFromImage(pet))  # ``pet`` outlives this view
     if conversion.detected_units == "SUV":
         return pet, []
     problem = RecoverableProblem(
@@ -372,24 +399,26 @@ def _pet_in_suv(
     return pet * conversion.factor, [problem]
 
 
-def _read_clinical(files: CaseFiles) -> tuple[ClinicalRecord, list[RecoverableProblem]]:
-    if files.ehr is None:
-        log.info("%s: no ehr.json; clinical variables are treated as unknown", files.root)
+def read_clinical(ehr: Path | None, root: Path) -> tuple[ClinicalRecord, list[RecoverableProblem]]:
+    """The clinical record of ``ehr`` (an ehr.json, or None: none given for the case in ``root``) and its problems
+    under the input policy."""
+    if ehr is None:
+        log.info("%s: no ehr.json; clinical variables are treated as unknown", root)
         return ClinicalRecord(), []
     try:
-        record, unreadable, unknown = read_ehr_keys(files.ehr)
+        record, unreadable, unknown = read_ehr_keys(ehr)
     except InputError as exc:
-        return ClinicalRecord(), [RecoverableProblem("ehr-unusable", files.ehr, _problem_text(exc),
+        return ClinicalRecord(), [RecoverableProblem("ehr-unusable", ehr, _problem_text(exc),
                                                      "clinical values unknown; Tasks 2/3 from the images")]
     problems = []
     if unreadable:
         hidden = len(unreadable) - MAX_VALUE_PROBLEMS_SHOWN
         shown = "; ".join(unreadable[:MAX_VALUE_PROBLEMS_SHOWN]) + (f" (and {hidden} more)" if hidden > 0 else "")
-        problems.append(RecoverableProblem("ehr-values-unreadable", files.ehr, f"{len(unreadable)} unusable "
+        problems.append(RecoverableProblem("ehr-values-unreadable", ehr, f"{len(unreadable)} unusable "
                                            f"value(s): {shown}", "those values unknown (imputed by the models)"))
     if unknown:
         # A misspelt key would otherwise pass silently and its value be imputed.
-        problems.append(RecoverableProblem("ehr-unknown-key", files.ehr, f"{len(unknown)} unknown key(s): "
+        problems.append(RecoverableProblem("ehr-unknown-key", ehr, f"{len(unknown)} unknown key(s): "
                                            f"{unknown_keys_summary(unknown)}", "ignored (the value is not used)"))
     return record, problems
 
@@ -406,14 +435,49 @@ def _read_optional(path: Path | None, role: str, root: Path) -> tuple[sitk.Image
     return image, problems
 
 
-def read_case(input_dir: Path, known_suv_factor: float | None = None) -> Case:
+def read_case(input_dir: Path, known_suv_factor: float | None = None, id_from: Path | None = None) -> Case:
     """Read and validate one case; PET is returned in SUV. Recoverable problems are in ``Case.problems``.
 
     ``known_suv_factor``: the PET's Bq/mL-to-SUVbw factor when it is known from its DICOM tags (training
     data of patients delivered in Bq/mL); it replaces the run-time unit detection, which must estimate it.
+    A folder in neither image layout that holds DICOM files is read as one DICOM study
+    (:mod:`hecktor.io.dicom.case`; ``id_from``: its PatientID -> pseudonym table).
     """
+    if is_dicom_study_folder(input_dir):
+        return dicom_study_source(input_dir, id_from).read()
     files, problems = find_case_files(input_dir)
     return read_case_files(files, problems, known_suv_factor)
+
+
+def holds_dicom(input_dir: Path) -> bool:
+    """Whether ``input_dir`` is a folder with a DICOM file somewhere below it (needs no pydicom)."""
+    from hecktor.io.dicom.detect import first_dicom_file
+
+    return Path(input_dir).is_dir() and first_dicom_file(Path(input_dir)) is not None
+
+
+def has_image_layout(folder: Path) -> bool:
+    """Whether ``folder`` is laid out for image files: an ``images/`` folder, or a visible ``<ID>__CT.nii.gz``."""
+    folder = Path(folder)
+    return (folder / "images").is_dir() or any(not p.name.startswith(".") for p in folder.glob("*__CT.nii.gz"))
+
+
+def is_dicom_study_folder(input_dir: Path) -> bool:
+    """A folder in neither image layout with a DICOM file below it: read as one DICOM study. (A folder in an
+    image layout is read as such, its errors reported as such, whatever DICOM files lie in it.)"""
+    folder = Path(input_dir)
+    return folder.is_dir() and not has_image_layout(folder) and holds_dicom(folder)
+
+
+def dicom_study_source(input_dir: Path, id_from: Path | None = None) -> DicomCaseSource:
+    """The one DICOM study of ``input_dir`` as a case source (:class:`InputError` when pydicom is missing)."""
+    try:
+        # Imported here: pydicom is not in the platform image, whose inputs are never DICOM.
+        from hecktor.io.dicom.case import single_study_source
+    except ImportError as exc:
+        raise InputError(f"{input_dir}: holds DICOM files, and reading them needs pydicom ({exc}); install "
+                         f"requirements/dicom.txt") from exc
+    return single_study_source(input_dir, id_from)
 
 
 def read_case_files(files: CaseFiles, problems: Sequence[RecoverableProblem] = (),
@@ -430,7 +494,7 @@ def read_case_files(files: CaseFiles, problems: Sequence[RecoverableProblem] = (
         ct, pet, files = pet, ct, dataclasses.replace(files, ct=files.pet, pet=files.ct)
         ct_problems, pet_problems = pet_problems, [swapped, *ct_problems]
     pet, unit_problems = _pet_in_suv(pet, files.pet, known_suv_factor)
-    clinical, clinical_problems = _read_clinical(files)
+    clinical, clinical_problems = read_clinical(files.ehr, files.root)
     planning_ct, planning_problems = _read_optional(files.planning_ct, "planning CT", files.root)
     rt_dose, dose_problems = _read_optional(files.rt_dose, "RT dose", files.root)
     problems += [*ct_problems, *pet_problems, *unit_problems, *clinical_problems, *planning_problems,

@@ -45,6 +45,7 @@ import SimpleITK as sitk
 from hecktor.core.files import FILE_MODE, fsync
 
 __all__ = [
+    "DICOM_DIR",
     "HPV_PATH",
     "RFS_PATH",
     "SEGMENTATION_PATH",
@@ -64,6 +65,9 @@ SEGMENTATION_PATH = Path("images/tumor-lymph-node-segmentation/output.mha")
 RFS_PATH = Path("rfs.json")
 HPV_PATH = Path("hpv-status.json")
 TASK_OUTPUTS = MappingProxyType({1: SEGMENTATION_PATH, 2: RFS_PATH, 3: HPV_PATH})
+# The DICOM outputs of --dicom-out (hecktor.io.dicom_out): SEG, RTSTRUCT and, for non-DICOM input, a CT series whose
+# file count varies from case to case, so a commit replaces the folder's whole content (``replaces_folders``).
+DICOM_DIR = Path("dicom")
 
 STAGING_PREFIX = ".hecktor-staging-"
 TRASH_PREFIX = ".hecktor-trash-"  # a staging folder being deleted: never live, always removable
@@ -445,18 +449,20 @@ class StagedOutputs:
     without a commit discards everything staged. Every problem with the output folder raises
     :class:`OutputError`.
 
-    The set a commit replaces is ``targets`` plus ``replaces`` (by default every platform output): any of
-    those files the folder holds is removed by the same commit, so a ``--tasks 2`` run never leaves the
-    segmentation or HPV status of an earlier run beside its ``rfs.json``. ``lock_timeout_s``: how long a
-    commit waits for another run's commit in the same folder.
+    The set a commit replaces is ``targets`` plus ``replaces`` (by default every platform output) plus every
+    file below the ``replaces_folders``: any of those files the folder holds is removed by the same commit, so a
+    ``--tasks 2`` run never leaves the segmentation or HPV status of an earlier run beside its ``rfs.json``, and a
+    run without ``--dicom-out`` none of an earlier run's DICOM files. ``lock_timeout_s``: how long a commit waits
+    for another run's commit in the same folder.
     """
 
     def __init__(self, output_dir: Path, targets: Iterable[Path], replaces: Iterable[Path] | None = None,
-                 lock_timeout_s: float = FOLDER_LOCK_TIMEOUT_S) -> None:
+                 lock_timeout_s: float = FOLDER_LOCK_TIMEOUT_S, replaces_folders: Iterable[Path] = ()) -> None:
         self.output_dir = Path(output_dir)
         self.targets = tuple(dict.fromkeys(_checked_relative(target) for target in targets))
         extra = TASK_OUTPUTS.values() if replaces is None else replaces
         self.replaces = tuple(dict.fromkeys([*self.targets, *(_checked_relative(path) for path in extra)]))
+        self.replaces_folders = tuple(dict.fromkeys(_checked_relative(folder) for folder in replaces_folders))
         self.lock_timeout_s = lock_timeout_s
         self.committed = False
         self._staging: Path | None = None
@@ -483,6 +489,19 @@ class StagedOutputs:
         if self._staging is None:
             raise RuntimeError("StagedOutputs is used outside its with block")
         return self._staging
+
+    def add_targets(self, targets: Iterable[Path], before: Path | None = None) -> None:
+        """Declare more outputs of this set, for files whose names are known only once the case is computed (a
+        CT series, one file per slice). They are published just before ``before`` (a declared target: ``case.json``
+        stays the last file moved into place), or after every other target when it is ``None``."""
+        if self.committed:
+            raise RuntimeError("these outputs are already committed")
+        new = [target for target in dict.fromkeys(_checked_relative(t) for t in targets) if target not in self.targets]
+        for target in new:
+            _check_target(self.output_dir, target)
+        position = len(self.targets) if before is None else self.targets.index(_checked_relative(before))
+        self.targets = (*self.targets[:position], *new, *self.targets[position:])
+        self.replaces = tuple(dict.fromkeys([*self.replaces, *new]))
 
     def stage_label_image(self, relative: Path, labels: sitk.Image) -> None:
         """Stage ``labels`` as a compressed uint8 image at ``relative``."""
@@ -534,6 +553,10 @@ class StagedOutputs:
             path = self.output_dir / relative
             if path.is_symlink() or (path.exists() and not path.is_dir()):
                 present.append(relative)
+        listed = set(present)
+        for folder in self.replaces_folders:
+            present += [relative for relative in (folder / p for p in reversed(_files_below(self.output_dir / folder)))
+                        if relative not in listed]
         return present
 
     def _publish(self) -> None:
