@@ -22,10 +22,10 @@ import SimpleITK as sitk
 from hecktor.core.geometry import image_on_grid
 from hecktor.core.manifest import Manifest
 from hecktor.core.policy import apply_input_policy
-from hecktor.core.types import Case, Measurements, Predictions, RecoverableProblem, Roi
+from hecktor.core.types import Case, DicomSeriesRef, Measurements, Predictions, RecoverableProblem, Roi
 from hecktor.io.read import read_case
 from hecktor.measure.lesions import measure, with_radiomics
-from hecktor.outcome.predict import ClinicalModels, load_clinical_models
+from hecktor.outcome.predict import ClinicalModels, load_clinical_models, radiomics_columns
 from hecktor.outcome.runtime import outcome_network_or_none, predict_tasks_2_3
 from hecktor.preprocess.roi import extract_roi
 from hecktor.restore import restore_to_ct_grid
@@ -60,6 +60,8 @@ class CaseResult:
     engine: str
     problems: tuple[RecoverableProblem, ...] = ()
     timings: tuple[StageTiming, ...] = field(default=())
+    # The DICOM series the case was read from (Case.dicom_series; empty for image files): case.json records them.
+    dicom_series: tuple[DicomSeriesRef, ...] = ()
 
 
 def peak_rss_mb() -> float:
@@ -90,6 +92,11 @@ class Pipeline:
         self.engine: SegmentationEngine = build_engine(manifest, device)
         self.clinical_models: ClinicalModels = load_clinical_models(manifest.rfs_model, manifest.hpv_model)
         log.info("%s", self.clinical_models.provenance)
+        # Radiomics are computed only when a loaded model reads one (an error inside PyRadiomics must not fail a
+        # case for features nobody reads); the outcome network's inputs hold none.
+        self.radiomics_needed = radiomics_columns(self.clinical_models)
+        if manifest.radiomics is not None and not self.radiomics_needed:
+            log.info("radiomics: not computed (no loaded Task 2/3 model reads a radiomics feature)")
         # Tasks 2/3 from images when the manifest lists a network (None: the clinical models answer).
         self.outcome_network = outcome_network_or_none(manifest, device)
         if self.engine.trained_on_real_data:
@@ -141,8 +148,9 @@ class Pipeline:
             with clock.stage("measure"):
                 measurements = measure(labels, case.pet)
             _log_lesion_summary(measurements)
-            # Only Tasks 2/3 use radiomics; timed apart, so that the benchmark reports their cost per case.
-            if self.manifest.radiomics is not None and tasks & {2, 3}:
+            # Only Tasks 2/3 use radiomics, and only when a model reads one; timed apart, so that the benchmark
+            # reports their cost per case.
+            if self.manifest.radiomics is not None and self.radiomics_needed and tasks & {2, 3}:
                 with clock.stage("radiomics"):
                     measurements = with_radiomics(measurements, labels, case.pet, case.ct, self.manifest.radiomics)
                 log.info("radiomics: %d of %d features computed", sum(v is not None for v in
@@ -169,7 +177,18 @@ class Pipeline:
             engine=self.engine.name,
             problems=case.problems,
             timings=tuple(clock.timings),
+            dicom_series=case.dicom_series,
         )
+
+    def read(self, input_dir: Path, strict: bool = False, clock: StageClock | None = None,
+             id_from: Path | None = None) -> Case:
+        """Read the case in ``input_dir`` (timed as the stage "read" on ``clock``) and apply the input policy
+        (``strict`` refuses any recoverable problem). ``id_from``: a DICOM study's PatientID -> pseudonym table."""
+        clock = clock or StageClock()
+        with clock.stage("read"):
+            case = read_case(input_dir, id_from=id_from)
+        apply_input_policy(case.problems, strict)
+        return case
 
     def run(
         self,
@@ -177,14 +196,12 @@ class Pipeline:
         tasks: frozenset[int] = ALL_TASKS,
         strict: bool = False,
         deadline: float | None = None,
+        id_from: Path | None = None,
     ) -> CaseResult:
-        """Read the case in ``input_dir``, apply the input policy (``strict`` refuses any recoverable
-        problem), and compute every requested output before ``deadline``; writes nothing."""
+        """Read the case in ``input_dir`` (:meth:`read`) and compute every requested output before ``deadline``;
+        writes nothing."""
         clock = StageClock()
-        with clock.stage("read"):
-            case = read_case(input_dir)
-        apply_input_policy(case.problems, strict)
-        return self.run_case(case, tasks, clock, deadline)
+        return self.run_case(self.read(input_dir, strict, clock, id_from), tasks, clock, deadline)
 
 
 def _log_lesion_summary(measurements: Measurements) -> None:

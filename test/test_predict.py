@@ -460,12 +460,26 @@ def test_invalid_model_files(tmp_path: Path, task: str, changes: dict, problem: 
     assert f"{task}.json" in str(err.value)
 
 
-def test_predict_from_features_matches_predict(models: ClinicalModels) -> None:
-    record = ClinicalRecord(age=66, gender_male=1, hpv_positive=0)
-    m = _measurements(gtvn_volume_ml=33.0)
-    a = predict(models, record, m)
-    b = predict_from_features(models, raw_features(record, m.as_dict()))
-    assert (a.rfs_risk, a.hpv_probability, a.hpv_positive) == (b.rfs_risk, b.hpv_probability, b.hpv_positive)
+@pytest.mark.parametrize(
+    ("raw", "risk", "logit", "imputed"),
+    [
+        # risk  = 0.2*(70-60)/10 + 1.0*2.0 + 0.25*0.4 - 0.5*0 + 0.1*0 = 2.3; logit = 0.3 - 2.0 + 0.5*0.4 + 0 = -1.5
+        ({"age": 70.0, "log_gtvp_volume": 2.0, "log_gtvn_volume": 0.4, "tobacco": 0.0}, 2.3, -1.5, 0),
+        # GTVp and tobacco unknown (a table row with empty cells): GTVp -> 1.5 (RFS) / 2.0 (HPV), tobacco -> 1 + flag
+        # risk  = 0.2 + 1.5 + 0.1 - 0.5 + 0.1 = 1.4; logit = 0.3 - 2.0 + 0.2 + 0.7 = -0.8
+        ({"age": 70.0, "log_gtvp_volume": None, "log_gtvn_volume": 0.4, "tobacco": None}, 1.4, -0.8, 2),
+    ],
+    ids=["known", "unknown"],
+)
+def test_predict_from_features_by_hand(synthetic: ClinicalModels, raw: dict, risk: float, logit: float,
+                                       imputed: int) -> None:
+    """The table path (raw features, no Measurements) against sums written out by hand."""
+    pred = predict_from_features(synthetic, raw)
+    assert pred.rfs_risk == pytest.approx(risk, abs=1e-12)
+    assert pred.details["hpv_logit"] == pytest.approx(logit, abs=1e-12)
+    assert pred.hpv_probability == pytest.approx(1.0 / (1.0 + math.exp(-logit)), abs=1e-12)
+    assert pred.hpv_positive is (1.0 / (1.0 + math.exp(-logit)) >= 0.4)
+    assert pred.details["n_imputed_features"] == imputed
 
 
 def test_radiomics_reach_a_model_that_uses_them(tmp_path: Path) -> None:

@@ -220,9 +220,22 @@ def test_numpy_and_torch_paths_blend_identically(settings: WindowSettings) -> No
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_numpy_gaussian_is_the_torch_gaussian() -> None:
-    np.testing.assert_array_equal(windows.gaussian_importance_map((7, 8, 9)),
-                                  gaussian_importance_map((7, 8, 9)).numpy())
+@pytest.mark.parametrize("patch", [(7, 9, 11), (8, 16, 12)])
+def test_torch_gaussian_is_the_separable_formula(patch: tuple[int, int, int]) -> None:
+    """The torch path's map, checked against values computed apart: the product over axes of
+    exp(-(i - n // 2)^2 / (2 sigma^2)) with nnU-Net's sigma = n / 8, scaled to a maximum of 1 (at these sizes the
+    4-sigma truncation reaches past the patch). For odd sizes that is scipy's symmetric window of that sigma."""
+    from scipy.signal.windows import gaussian
+
+    got = gaussian_importance_map(patch)
+    assert got.dtype == torch.float32 and tuple(got.shape) == patch
+    axes = [np.exp(-((np.arange(n) - n // 2) ** 2) / (2 * (n / 8) ** 2)) for n in patch]
+    expected = np.einsum("i,j,k->ijk", *axes)
+    np.testing.assert_allclose(got.numpy(), expected / expected.max(), rtol=1e-6, atol=1e-7)
+    if all(n % 2 for n in patch):
+        scipy_map = np.einsum("i,j,k->ijk", *[gaussian(n, std=n / 8) for n in patch])
+        np.testing.assert_allclose(got.numpy(), scipy_map, rtol=1e-6, atol=1e-7)
+    assert got.max() == 1.0 and float(got[tuple(n // 2 for n in patch)]) == 1.0
 
 
 def test_window_count_matches_the_tiling() -> None:

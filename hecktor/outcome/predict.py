@@ -53,6 +53,7 @@ __all__ = [
     "load_score_model",
     "predict",
     "predict_from_features",
+    "radiomics_columns",
     "raw_features",
     "score_model_from_json",
     "sigmoid",
@@ -379,6 +380,11 @@ def sigmoid(x: np.ndarray | float) -> np.ndarray:
 
 def _used_features(model: AnyModel) -> set[str]:
     return {c.removesuffix(MISSING_SUFFIX) for c in model.columns} - {HPV_PREDICTED}
+
+
+def radiomics_columns(models: ClinicalModels) -> frozenset[str]:
+    """The radiomics features the loaded models read (none for the shipped ones): the only reason to compute any."""
+    return frozenset((_used_features(models.rfs) | _used_features(models.hpv)) & set(RADIOMICS_FEATURES))
 
 
 def predict_from_features(models: ClinicalModels, raw: Mapping[str, float | None]) -> Predictions:
