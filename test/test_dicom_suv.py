@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -310,15 +311,20 @@ def _relative_errors(image: sitk.Image, reference: sitk.Image) -> tuple[np.ndarr
     return np.abs(a[compared] - b[compared]) / b[compared], int(compared.sum())
 
 
-def test_raw_dicom_series_reproduces_the_suv_nifti():
-    folder = STS_DIR / "STS_001_dicom" / "PET_raw" / "image"
+def _sts001_pet_series(folder_name: str, what: str) -> tuple[list, Path]:
+    """The slices of one of STS_001's PET DICOM series and the SUV NIfTI they must reproduce (skip when absent)."""
+    folder = STS_DIR / "STS_001_dicom" / folder_name / "image"
     reference_path = STS_DIR / "STS_001_PET_image.nii.gz"
     files = sorted(folder.glob("*.dcm"))
     if not files or not reference_path.is_file():
-        pytest.skip(f"raw PET DICOM of STS_001 not found in {folder} (../shared/data is not mounted)")
+        pytest.skip(f"{what} PET DICOM of STS_001 not found in {folder} (../shared/data is not mounted)")
     import pydicom
 
-    slices = [pydicom.dcmread(f) for f in files]
+    return [pydicom.dcmread(f) for f in files], reference_path
+
+
+def test_raw_dicom_series_reproduces_the_suv_nifti():
+    slices, reference_path = _sts001_pet_series("PET_raw", "raw")
     conversion = suv_from_header(slices)
     assert conversion.units == "BQML" and conversion.decay_reference == "START"
     # By hand from the tags: 71 kg, 388 777 472 Bq injected at 10:35:00, series at 11:20:11 (2711 s), half-life 6588 s.
@@ -354,14 +360,7 @@ def test_raw_dicom_series_reproduces_the_suv_nifti():
 
 def test_cropped_gml_series_is_already_suv():
     """The DICOM crop of STS_001 is stored as GML with ADMIN decay correction: factor 1, equal to the NIfTI."""
-    folder = STS_DIR / "STS_001_dicom" / "PET_crop" / "image"
-    reference_path = STS_DIR / "STS_001_PET_image.nii.gz"
-    files = sorted(folder.glob("*.dcm"))
-    if not files or not reference_path.is_file():
-        pytest.skip(f"cropped PET DICOM of STS_001 not found in {folder} (../shared/data is not mounted)")
-    import pydicom
-
-    slices = [pydicom.dcmread(f) for f in files]
+    slices, reference_path = _sts001_pet_series("PET_crop", "cropped")
     conversion = suv_from_header(slices)
     assert (conversion.units, conversion.factor, conversion.per_slice_factor) == ("GML", 1.0, None)
     suv = [ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in slices]

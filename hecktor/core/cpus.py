@@ -12,7 +12,7 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["cgroup_cpu_quota", "usable_cpus"]
+__all__ = ["affinity_cpus", "cgroup_cpu_quota", "usable_cpus"]
 
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -56,13 +56,18 @@ def cgroup_cpu_quota(root: Path = _CGROUP_ROOT, proc_cgroup: Path = Path("/proc/
     return None
 
 
+def affinity_cpus() -> int:
+    """CPUs in this process's affinity mask, else ``os.cpu_count()`` (no quota applied)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def usable_cpus(root: Path = _CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")) -> int:
     """CPUs this process may run on: the affinity mask (else ``os.cpu_count()``), capped by the cgroup quota
     rounded up (a 1.5-CPU quota gives 2 threads); at least 1."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        count = os.cpu_count() or 1
+    count = affinity_cpus()
     quota = cgroup_cpu_quota(root, proc_cgroup)
     if quota is not None:
         count = min(count, math.ceil(quota))

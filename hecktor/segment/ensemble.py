@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hecktor.core.cpus import affinity_cpus
 from hecktor.core.manifest import CHALLENGE_LABELS, EnsembleConfig
 from hecktor.core.types import Probabilities, Roi
 from hecktor.preprocess.normalise import normalise_ct, normalise_pet
@@ -311,11 +311,9 @@ def load_ensemble(
 
 
 def available_cpus() -> int:
-    """CPUs this process may run on: the affinity mask where the OS has one, else ``os.cpu_count()``."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    """CPUs this process may run on (its affinity mask). The cgroup quota (:func:`hecktor.core.cpus.usable_cpus`)
+    is not applied yet: adopting it changes thread counts in limited containers, a step of its own."""
+    return affinity_cpus()
 
 
 def _check_roi(roi: Roi) -> None:

@@ -14,17 +14,14 @@ import contextlib
 import io
 import logging
 import re
-import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hecktor.core.manifest import CHALLENGE_LABELS, EnsembleConfig, ManifestError, MemberConfig
-from hecktor.segment.backend import LoadedMember
+from hecktor.core.manifest import EnsembleConfig, ManifestError
+from hecktor.segment.backend import ArrayRunner, LoadedMember, member_window_settings
 from hecktor.segment.weights import read_verified
-from hecktor.segment.windows import WHOLE_ROI_MULTIPLE, WindowSettings, pad_to_shape, sliding_window_inference
 
 __all__ = ["CUDA_PROVIDER", "OnnxRunner", "load_onnx", "load_onnx_members"]
 
@@ -36,7 +33,7 @@ _CUDA_LOAD_FAILED = ("onnxruntime: the CUDA execution provider could not load (n
                      "is too old for this onnxruntime-gpu's CUDA build): the networks run on the CPU")
 
 
-class OnnxRunner:
+class OnnxRunner(ArrayRunner):
     """An ONNX Runtime session: (B, C, z, y, x) float32 array -> (B, K, z, y, x) float32 logits."""
 
     def __init__(self, session: Any, name: str):
@@ -61,22 +58,6 @@ class OnnxRunner:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         (out,) = self._session.run(None, {self._input: np.ascontiguousarray(batch, dtype=np.float32)})
         return np.asarray(out, dtype=np.float32)
-
-    def logits(self, image: np.ndarray, settings: WindowSettings) -> np.ndarray:
-        """(2, z, y, x) -> (K, z, y, x) float32 Gaussian-blended logits."""
-        return sliding_window_inference(image, self, len(CHALLENGE_LABELS), replace(settings, softmax=False))
-
-    def seconds_per_window(self, image: np.ndarray, settings: WindowSettings) -> float:
-        """Seconds for one window, timed on a second call (the first allocates and, on CUDA, warms up)."""
-        window, _ = pad_to_shape(np.asarray(image, dtype=np.float32), settings.patch_size)
-        z, y, x = settings.patch_size
-        batch = np.ascontiguousarray(window[None, :, :z, :y, :x])
-        elapsed = 0.0
-        for _ in range(2):
-            start = time.perf_counter()
-            self(batch)
-            elapsed = time.perf_counter() - start
-        return elapsed
 
     def static_spatial_shape(self) -> tuple[int, ...] | None:
         """The (z, y, x) input size the model is fixed to, or ``None`` when any axis is dynamic."""
@@ -167,7 +148,9 @@ def load_onnx_members(
                 f"member {member.name!r}: ONNX input is fixed at {static}, patch is {member.patch_size}"
             )
         log.info("loaded %s (ONNX, providers %s)", member.name, runner.providers)
-        members.append(LoadedMember(member, runner, _settings(config, member, dynamic=static is None)))
+        # A model fixed to one input size cannot take the whole ROI in one pass.
+        settings = member_window_settings(config, member, config.whole_roi_if_fits and static is None)
+        members.append(LoadedMember(member, runner, settings))
     return members
 
 
@@ -175,14 +158,3 @@ def _cuda_built() -> bool:
     import onnxruntime as ort
 
     return CUDA_PROVIDER in ort.get_available_providers()
-
-
-def _settings(config: EnsembleConfig, member: MemberConfig, dynamic: bool) -> WindowSettings:
-    return WindowSettings(
-        patch_size=tuple(member.patch_size),  # type: ignore[arg-type]
-        overlap=config.overlap,
-        batch_size=config.batch_size,
-        mirror_axes=tuple(config.mirror_axes),
-        whole_roi_if_fits=config.whole_roi_if_fits and dynamic,
-        size_multiple=WHOLE_ROI_MULTIPLE,
-    )

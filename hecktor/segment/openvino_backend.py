@@ -14,19 +14,16 @@ one window at a time, all threads on it (latency, not throughput).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Collection, Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from hecktor.core.cpus import usable_cpus
-from hecktor.core.manifest import CHALLENGE_LABELS, EnsembleConfig, ManifestError, MemberConfig
-from hecktor.segment.backend import LoadedMember
+from hecktor.core.manifest import EnsembleConfig, ManifestError, MemberConfig
+from hecktor.segment.backend import ArrayRunner, LoadedMember, member_window_settings
 from hecktor.segment.weights import read_verified
-from hecktor.segment.windows import WHOLE_ROI_MULTIPLE, WindowSettings, pad_to_shape, sliding_window_inference
 
 __all__ = [
     "BF16_PARITY_KEY",
@@ -49,7 +46,7 @@ BF16_PARITY_KEY = "openvino_bf16_parity"
 MIN_BF16_LABEL_AGREEMENT = 0.9999
 
 
-class OpenVinoRunner:
+class OpenVinoRunner(ArrayRunner):
     """A compiled OpenVINO model: (B, C, z, y, x) float32 array -> (B, K, z, y, x) float32 logits."""
 
     device = "CPU"
@@ -66,22 +63,6 @@ class OpenVinoRunner:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         result = self._request.infer([np.ascontiguousarray(batch, dtype=np.float32)], share_inputs=False)
         return np.array(result[0], dtype=np.float32)  # a copy: the request reuses its output buffer
-
-    def logits(self, image: np.ndarray, settings: WindowSettings) -> np.ndarray:
-        """(2, z, y, x) -> (K, z, y, x) float32 Gaussian-blended logits."""
-        return sliding_window_inference(image, self, len(CHALLENGE_LABELS), replace(settings, softmax=False))
-
-    def seconds_per_window(self, image: np.ndarray, settings: WindowSettings) -> float:
-        """Seconds for one window, timed on a second call (the first allocates and compiles kernels for the shape)."""
-        window, _ = pad_to_shape(np.asarray(image, dtype=np.float32), settings.patch_size)
-        z, y, x = settings.patch_size
-        batch = np.ascontiguousarray(window[None, :, :z, :y, :x])
-        elapsed = 0.0
-        for _ in range(2):
-            start = time.perf_counter()
-            self(batch)
-            elapsed = time.perf_counter() - start
-        return elapsed
 
 
 def cpu_capabilities() -> list[str]:
@@ -153,16 +134,5 @@ def load_openvino_members(
         runner = load_openvino(weights_dir / member.weights, member.sha256, num_threads, precision)
         log.info("loaded %s (OpenVINO CPU, %s, %s threads)", member.name, precision,
                  runner.property("INFERENCE_NUM_THREADS"))
-        members.append(LoadedMember(member, runner, _settings(config, member)))
+        members.append(LoadedMember(member, runner, member_window_settings(config, member)))
     return members
-
-
-def _settings(config: EnsembleConfig, member: MemberConfig) -> WindowSettings:
-    return WindowSettings(
-        patch_size=tuple(member.patch_size),  # type: ignore[arg-type]
-        overlap=config.overlap,
-        batch_size=config.batch_size,
-        mirror_axes=tuple(config.mirror_axes),
-        whole_roi_if_fits=config.whole_roi_if_fits,
-        size_multiple=WHOLE_ROI_MULTIPLE,
-    )

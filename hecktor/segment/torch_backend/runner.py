@@ -23,7 +23,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from torch import nn
 
 from hecktor.core.manifest import CHALLENGE_LABELS, EnsembleConfig, ManifestError, MemberConfig
-from hecktor.segment.backend import LoadedMember
+from hecktor.segment.backend import LoadedMember, member_window_settings
 from hecktor.segment.torch_backend.networks import build_network, count_parameters, input_divisor
 from hecktor.segment.torch_backend.sliding_window import WindowSettings, pad_to_shape, sliding_window_inference
 from hecktor.segment.weights import read_verified
@@ -149,13 +149,6 @@ def load_torch_members(
         _check_patch(member, divisor)
         log.info("loaded %s (%s, %d parameters) on %s", member.name, member.architecture, count_parameters(network),
                  torch_device)
-        settings = WindowSettings(
-            patch_size=tuple(member.patch_size),  # type: ignore[arg-type]
-            overlap=config.overlap,
-            batch_size=config.batch_size,
-            mirror_axes=tuple(config.mirror_axes),
-            whole_roi_if_fits=config.whole_roi_if_fits,
-            size_multiple=math.lcm(WHOLE_ROI_MULTIPLE, *divisor),
-        )
+        settings = member_window_settings(config, member, size_multiple=math.lcm(WHOLE_ROI_MULTIPLE, *divisor))
         members.append(LoadedMember(member, TorchRunner(network, torch_device, autocast, member.name), settings))
     return members
